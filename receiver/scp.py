@@ -1,0 +1,143 @@
+"""The DICOM SCP: associations, the scanner allow-list, TLS, C-ECHO and C-STORE.
+
+Handlers are bound with pynetdicom's `(evt.EVT_*, handler, [args])` form. An
+association from a calling AE title that no configured scanner owns, or from a
+host that scanner does not list, is rejected before negotiation.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from receiver import status
+from receiver.ingest import Ingestor
+from receiver.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from services import metrics
+from services.config import HarmonetConfig, ScannerRef
+
+log = logging.getLogger(__name__)
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+
+@dataclass(frozen=True)
+class ScpOptions:
+    ae_title: str
+    host: str
+    port: int
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    reuse_port: bool = False
+
+
+def make_ae(ae_title: str) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_pdu_size = 0  # no limit: fewer P-DATA fragments per instance
+    ae.maximum_associations = 64
+    ae.network_timeout = 60
+    ae.dimse_timeout = 60
+    ae.acse_timeout = 30
+    ae.add_supported_context(VERIFICATION_SOP_CLASS)
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    return ae
+
+
+def tls_context(options: ScpOptions) -> ssl.SSLContext | None:
+    if options.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(options.tls_cert, options.tls_key)
+    if options.tls_ca is not None:
+        context.load_verify_locations(options.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def start_scp(options: ScpOptions, *, config: HarmonetConfig, ingestor: Ingestor) -> ThreadedAssociationServer:
+    """Start serving in background threads; call `.shutdown()` on the result to stop."""
+    from receiver.tuning import ReusePortAssociationServer, apply_low_latency_patches
+
+    apply_low_latency_patches()
+    ae = make_ae(options.ae_title)
+    handlers = [
+        (evt.EVT_REQUESTED, _on_requested, [config]),
+        (evt.EVT_ACCEPTED, _on_accepted),
+        (evt.EVT_C_ECHO, _on_echo),
+        (evt.EVT_C_STORE, _on_store, [config, ingestor]),
+    ]
+    server = ae.start_server(
+        (options.host, options.port),
+        block=False,
+        evt_handlers=handlers,
+        ssl_context=tls_context(options),
+        server_class=ReusePortAssociationServer if options.reuse_port else None,
+    )
+    log.info("DICOM SCP listening", extra={
+        "ae_title": options.ae_title, "port": server.server_address[1], "tls": bool(options.tls_cert),
+    })
+    return server  # type: ignore[no-any-return]
+
+
+def _on_requested(event: Any, config: HarmonetConfig) -> None:
+    requestor = event.assoc.requestor
+    calling = str(requestor.ae_title).strip()
+    scanner = config.scanner_for_ae(calling)
+    reason = None
+    if scanner is None:
+        reason = "unknown_ae_title"
+    elif not scanner.scanner.accepts_host(requestor.address):
+        reason = "host_not_allowed"
+    if reason is None:
+        return
+    log.warning("association rejected", extra={
+        "calling_ae": calling, "address": requestor.address, "reason": reason,
+    })
+    metrics.RECEIVER_ASSOCIATIONS.labels(result="rejected").inc()
+    metrics.RECEIVER_REJECTED.labels(reason=reason).inc()
+    event.assoc.acse.send_reject(
+        status.REJECT_PERMANENT, status.REJECT_SOURCE_SERVICE_USER,
+        status.REJECT_CALLING_AE_NOT_RECOGNISED,
+    )
+
+
+def _on_accepted(event: Any) -> None:
+    metrics.RECEIVER_ASSOCIATIONS.labels(result="accepted").inc()
+
+
+def _on_echo(event: Any) -> int:
+    return status.SUCCESS
+
+
+def _on_store(event: Any, config: HarmonetConfig, ingestor: Ingestor) -> int:
+    calling = str(event.assoc.requestor.ae_title).strip()
+    scanner: ScannerRef | None = config.scanner_for_ae(calling)
+    if scanner is None:  # cannot happen after _on_requested; defensive
+        return status.CANNOT_UNDERSTAND
+    try:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+    except Exception as exc:  # a PDU stream pynetdicom cannot decode into a dataset
+        log.warning("undecodable C-STORE dataset", extra={"error": type(exc).__name__})
+        metrics.RECEIVER_REJECTED.labels(reason="undecodable").inc()
+        return status.CANNOT_UNDERSTAND
+    result = ingestor.ingest(
+        ds,
+        scanner=scanner,
+        context_sop_class=str(event.context.abstract_syntax),
+        affected_sop_instance=str(event.request.AffectedSOPInstanceUID or "") or None,
+    )
+    if result.status != status.SUCCESS:
+        log.warning("instance refused", extra={
+            "status": f"0x{result.status:04X}", "outcome": result.outcome,
+            "detail": result.message, "calling_ae": calling,
+        })
+    return result.status

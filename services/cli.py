@@ -1,0 +1,185 @@
+"""The `harmonet` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from services.config import ConfigError, HarmonetConfig, load_config
+from services.settings import Settings
+
+log = logging.getLogger("harmonet")
+COMMAND_ENTRY_POINT_GROUP = "harmonet.commands"
+SERVICE_VERBS = ("receiver", "compliance", "qc", "harmonize", "registry")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    result: int = handler(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harmonet", description=__doc__)
+    verbs = parser.add_subparsers(metavar="VERB")
+
+    up = verbs.add_parser("up", help="run the whole system in one process (embedded defaults)")
+    up.set_defaults(handler=_cmd_up)
+    for name in SERVICE_VERBS:
+        verb = verbs.add_parser(name, help=f"run the {name} service")
+        verb.set_defaults(handler=_cmd_service, service=name)
+
+    send = verbs.add_parser("send", help="push DICOM files over C-STORE like a scanner")
+    send.add_argument("paths", nargs="+", type=Path)
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, default=11112)
+    send.add_argument("--aet", default="HARMONETSCU", help="calling AE title")
+    send.add_argument("--aec", default="HARMONET", help="called AE title")
+    send.set_defaults(handler=_cmd_send)
+
+    # Verbs owned by a service package (e.g. the receiver's `import`), found by entry point.
+    for entry in entry_points(group=COMMAND_ENTRY_POINT_GROUP):
+        entry.load()(verbs)
+
+    config = verbs.add_parser("config", help="configuration file tools")
+    config_verbs = config.add_subparsers(metavar="ACTION")
+    check = config_verbs.add_parser("check", help="validate a configuration file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_cmd_config_check)
+
+    schemas = verbs.add_parser("schemas", help="write event JSON Schemas and the AsyncAPI doc")
+    schemas.add_argument("--out", type=Path, required=True)
+    schemas.set_defaults(handler=_cmd_schemas)
+    return parser
+
+
+def settings_and_config() -> tuple[Settings, HarmonetConfig]:
+    """Read the settings, configure logging and load the configuration (raises ConfigError)."""
+    settings = Settings()
+    from services.log import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    return settings, load_config(settings.config_path)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    scanners = sum(len(site.scanners) for site in config.sites)
+    print(f"{args.file}: OK (study {config.study}, {len(config.sites)} sites, "
+          f"{scanners} scanners, {len(config.protocols)} protocols)")
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from services.events import asyncapi_document, json_schemas
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for key, schema in json_schemas().items():
+        (args.out / f"{key}.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    (args.out / "asyncapi.json").write_text(
+        json.dumps(asyncapi_document(), indent=2, sort_keys=True) + "\n"
+    )
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from services.runner import discover_services
+
+    return _run(list(discover_services()), bus_name="up")
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    if args.service == "receiver":
+        settings = Settings()
+        if settings.receiver_workers > 1:
+            return _run_receiver_workers(settings.receiver_workers)
+    return _run([args.service], bus_name=args.service)
+
+
+def _run(names: list[str], *, bus_name: str, serve_metrics: bool = True) -> int:
+    try:
+        settings, config = settings_and_config()
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return 1
+    from services import metrics
+    from services.runner import build_context, discover_services, run_services
+
+    available = discover_services()
+    missing = [n for n in names if n not in available]
+    if missing:
+        print(f"service(s) not installed in this build: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if serve_metrics:
+        metrics.serve_metrics(settings.metrics_port)
+    context = build_context(settings, config, bus_name=bus_name)
+    log.info("starting", extra={"services": names, "data_dir": str(settings.data_dir)})
+    asyncio.run(run_services([available[n] for n in names], context))
+    return 0
+
+
+def _run_receiver_workers(workers: int) -> int:
+    """N receiver processes on one port (SO_REUSEPORT); metrics aggregated by this parent."""
+    settings = Settings()
+    if settings.redis_url is None:
+        print("HARMONET_RECEIVER_WORKERS > 1 needs HARMONET_REDIS_URL (shared study state)",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="harmonet-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        from services import metrics
+
+        metrics.serve_metrics(settings.metrics_port)
+        spawn = multiprocessing.get_context("spawn")
+        children = [spawn.Process(target=_receiver_worker, name=f"receiver-{i}")
+                    for i in range(workers)]
+        for child in children:
+            child.start()
+        try:
+            for child in children:
+                child.join()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for child in children:
+                if child.is_alive():
+                    child.terminate()
+                child.join()
+        return max((child.exitcode or 0) for child in children)
+
+
+def _receiver_worker() -> None:
+    sys.exit(_run(["receiver"], bus_name="receiver", serve_metrics=False))
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from services.scu import send_files
+
+    result = send_files(args.paths, host=args.host, port=args.port,
+                        calling_ae=args.aet, called_ae=args.aec)
+    print(f"sent {result.succeeded}/{result.total} instances "
+          f"({result.failed} failed, {result.skipped} not DICOM)", file=sys.stderr)
+    return 0 if result.failed == 0 and result.succeeded > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
