@@ -1,0 +1,208 @@
+"""The in-process bus: RabbitMQ's topic-exchange semantics inside one asyncio loop.
+
+Used by `harmonet up` and by tests. Queues are declared by the first `subscribe`
+and outlive `close()` (like durable queues on a broker): messages routed to a
+declared queue while no consumer is attached wait for the next one. Every event
+crosses the bus as bytes, so consumers never share objects with the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+from pydantic import ValidationError
+
+from services.bus.base import (
+    DeadLetter,
+    Delivery,
+    Handler,
+    RetryableError,
+)
+from services.events import CloudEvent
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4096)
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic matching: words split on `.`, `*` is one word, `#` zero or more."""
+    return _match(_words(pattern), _words(routing_key))
+
+
+def _words(key: str) -> tuple[str, ...]:
+    # RabbitMQ treats the empty key as zero words, not one empty word.
+    return tuple(key.split(".")) if key else ()
+
+
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return _match(rest, words) or (bool(words) and _match(pattern, words[1:]))
+    if not words:
+        return False
+    return head in ("*", words[0]) and _match(rest, words[1:])
+
+
+def invalid_body_reason(exc: ValidationError) -> str:
+    """The reason recorded when a body is not a CloudEvent: the first validation error."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"invalid CloudEvent ({exc.error_count()} error(s)): {where}: {first['msg']}"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason recorded with a dead letter: exception type and message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _Message:
+    body: bytes
+    routing_key: str
+    attempt: int = 1
+
+
+@dataclass
+class _Queue:
+    name: str
+    prefetch: int
+    patterns: set[str] = field(default_factory=set)
+    handlers: list[Handler] = field(default_factory=list)
+    pending: asyncio.Queue[_Message] = field(default_factory=asyncio.Queue)
+    dead: list[DeadLetter] = field(default_factory=list)
+    dispatcher: asyncio.Task[None] | None = None
+    turn: int = 0
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.prefetch)
+
+    def bound_to(self, routing_key: str) -> bool:
+        return any(topic_matches(pattern, routing_key) for pattern in self.patterns)
+
+    def next_handler(self) -> Handler:
+        # Competing consumers: round-robin, like RabbitMQ across a queue's consumers.
+        handler = self.handlers[self.turn % len(self.handlers)]
+        self.turn += 1
+        return handler
+
+
+class InMemoryBus:
+    """`Bus` in one process; prefetch bounds the concurrent handlers of each queue."""
+
+    def __init__(self, max_attempts: int = 5, prefetch: int = 16) -> None:
+        if max_attempts < 1 or prefetch < 1:
+            raise ValueError("max_attempts and prefetch must be at least 1")
+        self._max_attempts = max_attempts
+        self._prefetch = prefetch
+        self._queues: dict[str, _Queue] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def connect(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        """Detach every consumer and wait for the handlers already running."""
+        dispatchers = [q.dispatcher for q in self._queues.values() if q.dispatcher is not None]
+        for queue in self._queues.values():
+            queue.handlers.clear()
+            queue.dispatcher = None
+        for task in dispatchers:
+            task.cancel()
+        await asyncio.gather(*dispatchers, return_exceptions=True)
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def publish(self, event: CloudEvent) -> None:
+        await self.publish_raw(event.routing_key, event.to_json())
+
+    async def publish_raw(self, routing_key: str, body: bytes) -> None:
+        """Route raw bytes as if a peer had published them (replaying dead letters, tests)."""
+        for queue in self._queues.values():
+            if queue.bound_to(routing_key):
+                queue.pending.put_nowait(_Message(bytes(body), routing_key))
+
+    async def subscribe(self, queue: str, patterns: Sequence[str], handler: Handler) -> None:
+        declared = self._queues.get(queue)
+        if declared is None:
+            declared = self._queues[queue] = _Queue(queue, self._prefetch)
+        declared.patterns.update(patterns)
+        declared.handlers.append(handler)
+        if declared.dispatcher is None:
+            declared.dispatcher = asyncio.create_task(
+                self._dispatch(declared), name=f"harmonet-bus-{queue}"
+            )
+
+    async def dead_letters(self, queue: str) -> list[DeadLetter]:
+        declared = self._queues.get(queue)
+        if declared is None:
+            return []
+        drained, declared.dead = declared.dead, []
+        return drained
+
+    async def _dispatch(self, queue: _Queue) -> None:
+        while True:
+            await queue.slots.acquire()
+            try:
+                message = await queue.pending.get()
+            except asyncio.CancelledError:
+                queue.slots.release()
+                raise
+            # No await between taking the message and starting its task: a
+            # cancellation can never drop a message on the floor.
+            task = asyncio.create_task(self._deliver(queue, queue.next_handler(), message))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _deliver(self, queue: _Queue, handler: Handler, message: _Message) -> None:
+        try:
+            await self._handle(queue, handler, message)
+        finally:
+            queue.slots.release()
+
+    async def _handle(self, queue: _Queue, handler: Handler, message: _Message) -> None:
+        try:
+            event = CloudEvent.from_json(message.body)
+        except ValidationError as exc:
+            self._dead_letter(queue, message, None, invalid_body_reason(exc))
+            return
+        delivery = Delivery(event=event, attempt=message.attempt, routing_key=message.routing_key)
+        try:
+            await handler(delivery)
+        except RetryableError as exc:
+            if message.attempt >= self._max_attempts:
+                reason = f"gave up after {message.attempt} attempts: {failure_reason(exc)}"
+                self._dead_letter(queue, message, event, reason)
+            else:
+                queue.pending.put_nowait(replace(message, attempt=message.attempt + 1))
+        except Exception as exc:
+            self._dead_letter(queue, message, event, failure_reason(exc))
+
+    def _dead_letter(
+        self, queue: _Queue, message: _Message, event: CloudEvent | None, reason: str
+    ) -> None:
+        log.warning(
+            "message dead-lettered",
+            extra={
+                "bus_queue": queue.name,
+                "routing_key": message.routing_key,
+                "event_id": event.id if event else None,
+                "attempt": message.attempt,
+                "reason": reason,
+            },
+        )
+        queue.dead.append(
+            DeadLetter(
+                queue=queue.name,
+                event=event,
+                body=message.body,
+                reason=reason,
+                attempts=message.attempt,
+            )
+        )
