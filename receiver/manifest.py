@@ -12,10 +12,10 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import DSfloat, IS
+from pydicom.valuerep import IS, DSfloat
 
 from services.blobstore import FileBlobStore
-from services.events import SeriesManifest, EventData
+from services.events import EventData, SeriesManifest
 
 KEY_HEADERS = (
     "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions",

@@ -19,6 +19,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from receiver import status
 from receiver.ingest import Ingestor
 from receiver.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from receiver.tuning import apply_low_latency_patches, start_reuseport_server
 from services import metrics
 from services.config import HarmonetConfig, ScannerRef
 
@@ -62,10 +63,10 @@ def tls_context(options: ScpOptions) -> ssl.SSLContext | None:
     return context
 
 
-def start_scp(options: ScpOptions, *, config: HarmonetConfig, ingestor: Ingestor) -> ThreadedAssociationServer:
+def start_scp(
+    options: ScpOptions, *, config: HarmonetConfig, ingestor: Ingestor
+) -> ThreadedAssociationServer:
     """Start serving in background threads; call `.shutdown()` on the result to stop."""
-    from receiver.tuning import ReusePortAssociationServer, apply_low_latency_patches
-
     apply_low_latency_patches()
     ae = make_ae(options.ae_title)
     handlers = [
@@ -74,22 +75,29 @@ def start_scp(options: ScpOptions, *, config: HarmonetConfig, ingestor: Ingestor
         (evt.EVT_C_ECHO, _on_echo),
         (evt.EVT_C_STORE, _on_store, [config, ingestor]),
     ]
-    server = ae.start_server(
-        (options.host, options.port),
-        block=False,
-        evt_handlers=handlers,
-        ssl_context=tls_context(options),
-        server_class=ReusePortAssociationServer if options.reuse_port else None,
+    address, ssl_context = (options.host, options.port), tls_context(options)
+    server: ThreadedAssociationServer
+    if options.reuse_port:
+        server = start_reuseport_server(ae, address, evt_handlers=handlers, ssl_context=ssl_context)
+    else:
+        server = ae.start_server(
+            address, block=False, evt_handlers=handlers, ssl_context=ssl_context
+        )
+    log.info(
+        "DICOM SCP listening",
+        extra={
+            "ae_title": options.ae_title,
+            "port": server.server_address[1],
+            "tls": bool(options.tls_cert),
+        },
     )
-    log.info("DICOM SCP listening", extra={
-        "ae_title": options.ae_title, "port": server.server_address[1], "tls": bool(options.tls_cert),
-    })
-    return server  # type: ignore[no-any-return]
+    return server
 
 
 def _on_requested(event: Any, config: HarmonetConfig) -> None:
     requestor = event.assoc.requestor
-    calling = str(requestor.ae_title).strip()
+    # The requestor's ae_title is only filled in during negotiation; read the request.
+    calling = str(requestor.primitive.calling_ae_title).strip()
     scanner = config.scanner_for_ae(calling)
     reason = None
     if scanner is None:
@@ -98,13 +106,19 @@ def _on_requested(event: Any, config: HarmonetConfig) -> None:
         reason = "host_not_allowed"
     if reason is None:
         return
-    log.warning("association rejected", extra={
-        "calling_ae": calling, "address": requestor.address, "reason": reason,
-    })
+    log.warning(
+        "association rejected",
+        extra={
+            "calling_ae": calling,
+            "address": requestor.address,
+            "reason": reason,
+        },
+    )
     metrics.RECEIVER_ASSOCIATIONS.labels(result="rejected").inc()
     metrics.RECEIVER_REJECTED.labels(reason=reason).inc()
     event.assoc.acse.send_reject(
-        status.REJECT_PERMANENT, status.REJECT_SOURCE_SERVICE_USER,
+        status.REJECT_PERMANENT,
+        status.REJECT_SOURCE_SERVICE_USER,
         status.REJECT_CALLING_AE_NOT_RECOGNISED,
     )
 
@@ -136,8 +150,13 @@ def _on_store(event: Any, config: HarmonetConfig, ingestor: Ingestor) -> int:
         affected_sop_instance=str(event.request.AffectedSOPInstanceUID or "") or None,
     )
     if result.status != status.SUCCESS:
-        log.warning("instance refused", extra={
-            "status": f"0x{result.status:04X}", "outcome": result.outcome,
-            "detail": result.message, "calling_ae": calling,
-        })
+        log.warning(
+            "instance refused",
+            extra={
+                "status": f"0x{result.status:04X}",
+                "outcome": result.outcome,
+                "detail": result.message,
+                "calling_ae": calling,
+            },
+        )
     return result.status

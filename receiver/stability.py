@@ -58,10 +58,15 @@ class StudyTracker:
         with self._lock:
             known = study_uid in self._known
         if not known:
-            self._state.hset(_meta_key(study_uid), {
-                "site": site.encode(), "scanner": scanner.encode(),
-                "subject_id": subject_id.encode(), "is_phantom": b"1" if is_phantom else b"0",
-            })
+            self._state.hset(
+                _meta_key(study_uid),
+                {
+                    "site": site.encode(),
+                    "scanner": scanner.encode(),
+                    "subject_id": subject_id.encode(),
+                    "is_phantom": b"1" if is_phantom else b"0",
+                },
+            )
             with self._lock:
                 if len(self._known) > 10_000:
                     self._known.clear()
@@ -110,10 +115,22 @@ class StabilityMonitor:
         ready = await asyncio.to_thread(self._state.zrange_by_score, PENDING, cutoff)
         published = []
         for study_uid in ready:
-            event = await self._complete(study_uid, cutoff)
+            try:
+                event = await self._complete(study_uid, cutoff)
+            except StateError:
+                raise
+            except Exception:  # one broken study must not stop the others; it stays pending
+                log.exception("cannot complete study", extra={"study_uid": study_uid})
+                continue
             if event is not None:
                 published.append(event)
         return published
+
+    async def complete_now(self, study_uids: set[str]) -> list[CloudEvent]:
+        """Publish these studies without waiting for them to go quiet (an import ended)."""
+        now = self._clock()
+        events = [await self._complete(uid, now) for uid in sorted(study_uids)]
+        return [event for event in events if event is not None]
 
     async def _complete(self, study_uid: str, cutoff: float) -> CloudEvent | None:
         lock_key, token = f"lock:study:{study_uid}", secrets.token_bytes(8)
@@ -130,7 +147,10 @@ class StabilityMonitor:
     async def _publish_if_changed(self, study_uid: str, score: float) -> CloudEvent | None:
         meta = await asyncio.to_thread(self._meta, study_uid)
         manifest = await asyncio.to_thread(
-            build_manifest, self._blobs, study_uid=study_uid, site=meta.site,
+            build_manifest,
+            self._blobs,
+            study_uid=study_uid,
+            site=meta.site,
         )
         if manifest is None:
             log.error("pending study has no stored instances", extra={"study_uid": study_uid})
@@ -143,11 +163,19 @@ class StabilityMonitor:
         if previous.get("digest", b"").decode() != keys_digest:
             revision = last_revision + 1
             data = StudyReceived(
-                revision=revision, site=meta.site, scanner=meta.scanner,
-                subject_id=meta.subject_id, is_phantom=meta.is_phantom, **manifest.model_dump(),
+                study_uid=study_uid,
+                revision=revision,
+                site=meta.site,
+                scanner=meta.scanner,
+                subject_id=meta.subject_id,
+                is_phantom=meta.is_phantom,
+                **manifest.model_dump(),
             )
             event = make_event(
-                ROUTING_KEY, data, source=self._source, subject=study_uid,
+                ROUTING_KEY,
+                data,
+                source=self._source,
+                subject=study_uid,
                 id_parts=(study_uid, revision),
             )
             try:
@@ -156,21 +184,33 @@ class StabilityMonitor:
                 log.error("study.received not confirmed; will retry", extra={"error": str(exc)})
                 return None
             metrics.STUDIES_RECEIVED.labels(site=meta.site, scanner=meta.scanner).inc()
-            await asyncio.to_thread(self._state.hset, _published_key(study_uid), {
-                "revision": str(revision).encode(), "digest": keys_digest.encode(),
-            })
-            log.info("study.received published", extra={
-                "study_uid": study_uid, "revision": revision,
-                "instances": data.instance_count, "site": meta.site,
-            })
+            await asyncio.to_thread(
+                self._state.hset,
+                _published_key(study_uid),
+                {
+                    "revision": str(revision).encode(),
+                    "digest": keys_digest.encode(),
+                },
+            )
+            log.info(
+                "study.received published",
+                extra={
+                    "study_uid": study_uid,
+                    "revision": revision,
+                    "instances": data.instance_count,
+                    "site": meta.site,
+                },
+            )
         await asyncio.to_thread(self._state.zrem_if_score, PENDING, study_uid, score)
         return event
 
     def _meta(self, study_uid: str) -> StudyMeta:
         raw = self._state.hgetall(_meta_key(study_uid))
         return StudyMeta(
-            site=raw["site"].decode(), scanner=raw["scanner"].decode(),
-            subject_id=raw["subject_id"].decode(), is_phantom=raw.get("is_phantom") == b"1",
+            site=raw["site"].decode(),
+            scanner=raw["scanner"].decode(),
+            subject_id=raw["subject_id"].decode(),
+            is_phantom=raw.get("is_phantom") == b"1",
         )
 
 

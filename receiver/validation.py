@@ -28,7 +28,9 @@ def validate_instance(
         if not value:
             return Rejection(status.CANNOT_UNDERSTAND, "missing_attribute", f"{keyword} is missing")
         if not UID(str(value)).is_valid:
-            return Rejection(status.CANNOT_UNDERSTAND, "invalid_uid", f"{keyword} is not a valid UID")
+            return Rejection(
+                status.CANNOT_UNDERSTAND, "invalid_uid", f"{keyword} is not a valid UID"
+            )
     if ds.SOPClassUID != context_sop_class:
         return Rejection(
             status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -52,18 +54,24 @@ def _check_pixel_data(ds: Dataset) -> Rejection | None:
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         expected_bits = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) * frames
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.SamplesPerPixel)
+            * int(ds.BitsAllocated)
+            * frames
         )
     except (AttributeError, TypeError, ValueError):
         return Rejection(
-            status.CANNOT_UNDERSTAND, "missing_attribute",
+            status.CANNOT_UNDERSTAND,
+            "missing_attribute",
             "pixel data without Rows, Columns, SamplesPerPixel or BitsAllocated",
         )
     expected = (expected_bits + 7) // 8
     actual = len(ds.PixelData)
     if actual not in (expected, expected + 1):  # +1: even-length padding
         return Rejection(
-            status.CANNOT_UNDERSTAND, "truncated_pixel_data",
+            status.CANNOT_UNDERSTAND,
+            "truncated_pixel_data",
             f"pixel data has {actual} bytes where the image attributes need {expected}",
         )
     return None

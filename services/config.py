@@ -109,7 +109,9 @@ class HarmonetConfig(_Model):
     def _unique_ids(self) -> HarmonetConfig:
         _unique("site id", [site.id for site in self.sites])
         _unique("scanner id", [s.id for site in self.sites for s in site.scanners])
-        _unique("AE title", [ae for site in self.sites for s in site.scanners for ae in s.ae_titles])
+        _unique(
+            "AE title", [ae for site in self.sites for s in site.scanners for ae in s.ae_titles]
+        )
         _unique("protocol id", [p.id for p in self.protocols])
         return self
 
@@ -184,7 +186,9 @@ def parse_config(text: str, *, source: str) -> HarmonetConfig:
         raise ConfigError([_format(source, lines, err) for err in exc.errors()]) from exc
 
 
-def _line_index(node: yaml.Node, path: tuple[str | int, ...] = ()) -> dict[tuple[str | int, ...], int]:
+def _line_index(
+    node: yaml.Node, path: tuple[str | int, ...] = ()
+) -> dict[tuple[str | int, ...], int]:
     """Map each key path (('sites', 0, 'id')) to the 1-based line where it is written."""
     index = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):

@@ -61,7 +61,7 @@ def build_context(settings: Settings, config: HarmonetConfig, *, bus_name: str) 
             prefetch=settings.bus_prefetch,
             name=bus_name,
         ),
-        state=make_state(redis_url=settings.redis_url),
+        state=make_state(redis_url=settings.redis_url, prefix=settings.state_prefix),
         blobs=FileBlobStore(settings.data_dir),
     )
 

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     config: Path | None = None
     amqp_url: str | None = None
     redis_url: str | None = None
+    # Namespace of this deployment's keys in a shared Redis.
+    state_prefix: str = Field(default="harmonet:", min_length=1)
     database_url: str | None = None
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     dicom_host: str = "0.0.0.0"

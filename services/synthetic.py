@@ -58,15 +58,28 @@ class ScannerSpec:
 
 
 T1_MPRAGE = SeriesSpec(
-    description="t1_mprage_sag_1mm", protocol_name="t1_mprage_sag_1mm", sequence_name="*tfl3d1_16ns",
-    slices=176, rows=256, columns=256, repetition_time_ms=2300.0, echo_time_ms=2.98,
-    flip_angle_deg=9.0, slice_thickness_mm=1.0, pixel_spacing_mm=(1.0, 1.0),
-    acquisition_type="3D", scanning_sequence="GR\\IR", sequence_variant="SK\\SP\\MP",
+    description="t1_mprage_sag_1mm",
+    protocol_name="t1_mprage_sag_1mm",
+    sequence_name="*tfl3d1_16ns",
+    slices=176,
+    rows=256,
+    columns=256,
+    repetition_time_ms=2300.0,
+    echo_time_ms=2.98,
+    flip_angle_deg=9.0,
+    slice_thickness_mm=1.0,
+    pixel_spacing_mm=(1.0, 1.0),
+    acquisition_type="3D",
+    scanning_sequence="GR\\IR",
+    sequence_variant="SK\\SP\\MP",
     phase_encoding_direction="ROW",
 )
 BOLD_EPI = SeriesSpec(
-    description="bold_rest", protocol_name="bold_rest", sequence_name="epfid2d1_64",
-    slices=36, volumes=100,
+    description="bold_rest",
+    protocol_name="bold_rest",
+    sequence_name="epfid2d1_64",
+    slices=36,
+    volumes=100,
 )
 
 
@@ -82,8 +95,9 @@ class StudySpec:
         return str(generate_uid(entropy_srcs=[self.seed, *(str(p) for p in parts)]))
 
 
-def small_study(seed: str = "small", *, t1_slices: int = 8, epi_slices: int = 4,
-                epi_volumes: int = 3) -> StudySpec:
+def small_study(
+    seed: str = "small", *, t1_slices: int = 8, epi_slices: int = 4, epi_volumes: int = 3
+) -> StudySpec:
     """A tiny 2-series study for fast tests (64x64 slices)."""
     t1 = SeriesSpec(**{**T1_MPRAGE.__dict__, "slices": t1_slices, "rows": 64, "columns": 64})
     bold = SeriesSpec(**{**BOLD_EPI.__dict__, "slices": epi_slices, "volumes": epi_volumes})
@@ -99,8 +113,14 @@ def iter_instances(spec: StudySpec) -> Iterator[Dataset]:
         for volume in range(series.volumes):
             for slice_index in range(series.slices):
                 instance = volume * series.slices + slice_index + 1
-                ds = _instance(spec, series, number=number, instance=instance,
-                               slice_index=slice_index, volume=volume)
+                ds = _instance(
+                    spec,
+                    series,
+                    number=number,
+                    instance=instance,
+                    slice_index=slice_index,
+                    volume=volume,
+                )
                 ds.StudyInstanceUID = study_uid
                 ds.SeriesInstanceUID = series_uid
                 pixels = rng.normal(400, 40, (series.rows, series.columns)).clip(0, 4095)
@@ -119,8 +139,15 @@ def write_study(spec: StudySpec, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _instance(spec: StudySpec, series: SeriesSpec, *, number: int, instance: int,
-              slice_index: int, volume: int) -> Dataset:
+def _instance(
+    spec: StudySpec,
+    series: SeriesSpec,
+    *,
+    number: int,
+    instance: int,
+    slice_index: int,
+    volume: int,
+) -> Dataset:
     sop_uid = spec.uid("sop", number, instance)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage

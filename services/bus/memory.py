@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from pydantic import ValidationError
 
+from services import metrics
 from services.bus.base import (
     DeadLetter,
     Delivery,
@@ -121,6 +122,7 @@ class InMemoryBus:
 
     async def publish(self, event: CloudEvent) -> None:
         await self.publish_raw(event.routing_key, event.to_json())
+        metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         """Route raw bytes as if a peer had published them (replaying dead letters, tests)."""
@@ -173,16 +175,22 @@ class InMemoryBus:
             self._dead_letter(queue, message, None, invalid_body_reason(exc))
             return
         delivery = Delivery(event=event, attempt=message.attempt, routing_key=message.routing_key)
+        consumed = metrics.EVENTS_CONSUMED.labels
         try:
             await handler(delivery)
         except RetryableError as exc:
             if message.attempt >= self._max_attempts:
+                consumed(service=queue.name, type=event.type, result="dead_lettered").inc()
                 reason = f"gave up after {message.attempt} attempts: {failure_reason(exc)}"
                 self._dead_letter(queue, message, event, reason)
             else:
+                consumed(service=queue.name, type=event.type, result="retried").inc()
                 queue.pending.put_nowait(replace(message, attempt=message.attempt + 1))
         except Exception as exc:
+            consumed(service=queue.name, type=event.type, result="dead_lettered").inc()
             self._dead_letter(queue, message, event, failure_reason(exc))
+        else:
+            consumed(service=queue.name, type=event.type, result="ok").inc()
 
     def _dead_letter(
         self, queue: _Queue, message: _Message, event: CloudEvent | None, reason: str

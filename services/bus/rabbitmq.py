@@ -42,6 +42,7 @@ from pamqp.common import FieldTable
 from pydantic import ValidationError
 from yarl import URL
 
+from services import metrics
 from services.bus.base import (
     DEAD_LETTER_EXCHANGE,
     EXCHANGE,
@@ -190,6 +191,7 @@ class RabbitMQBus:
             type=event.type,
         )
         await self._publish(EXCHANGE, event.routing_key, message)
+        metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
         log.debug("event published", extra={"event_id": event.id, "event_type": event.type})
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
@@ -258,17 +260,22 @@ class RabbitMQBus:
         except ValidationError as exc:
             await self._dead_letter(queue, message, attempt, invalid_body_reason(exc))
             return
+        consumed = metrics.EVENTS_CONSUMED.labels
         try:
             await handler(Delivery(event=event, attempt=attempt, routing_key=routing_key))
         except RetryableError as exc:
             if attempt < self._max_attempts:
+                consumed(service=queue, type=event.type, result="retried").inc()
                 await self._retry(queue, message, attempt)
             else:
+                consumed(service=queue, type=event.type, result="dead_lettered").inc()
                 reason = f"gave up after {attempt} attempts: {failure_reason(exc)}"
                 await self._dead_letter(queue, message, attempt, reason)
         except Exception as exc:
+            consumed(service=queue, type=event.type, result="dead_lettered").inc()
             await self._dead_letter(queue, message, attempt, failure_reason(exc))
         else:
+            consumed(service=queue, type=event.type, result="ok").inc()
             await _settle(message.ack(), queue)
 
     async def _retry(self, queue: str, message: AbstractIncomingMessage, attempt: int) -> None:
