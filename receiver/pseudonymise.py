@@ -835,8 +835,10 @@ def _mark_deidentified(ds: Dataset) -> None:
 def _rewrite_file_meta(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
-        for tag in [t for t in meta.keys() if int(t) in _FILE_META_REMOVED]:
-            del meta[tag]
+        tags = list(meta.keys())  # iterating a Dataset yields elements, not tags
+        for tag in tags:
+            if int(tag) in _FILE_META_REMOVED:
+                del meta[tag]
         sop_uid = ds.get(0x00080018)
         if sop_uid is not None and sop_uid.value:
             meta[0x00020003] = _element(0x00020003, "UI", [str(sop_uid.value)])

@@ -121,6 +121,9 @@ def _on_requested(event: Any, config: HarmonetConfig) -> None:
         status.REJECT_SOURCE_SERVICE_USER,
         status.REJECT_CALLING_AE_NOT_RECOGNISED,
     )
+    # As pynetdicom's own ACSE does after a rejection: wait until the A-ASSOCIATE-RJ
+    # has left, otherwise the socket is closed first and the peer sees an abort.
+    event.assoc.kill()
 
 
 def _on_accepted(event: Any) -> None:
