@@ -25,7 +25,7 @@ Decisions
       ``subject_id(PatientID)``. Without a PatientID the basis is the StudyInstanceUID
       (prefixed with a backslash, which no LO value can contain), so the study still
       maps to one subject; such a subject can not be linked to the same person's
-      other studies.
+      other studies. PatientID and PatientName are added when missing (Type 2).
     * UIDs: every U attribute, plus - per E.1.1 Note 4 - any other UI value outside
       the DICOM root (1.2.840.10008) except class, transfer syntax and coding scheme
       UIDs, becomes ``uid(original)``; deterministic, so references between instances
@@ -43,8 +43,8 @@ Decisions
       the subject, and because the scan-to-calibration interval QC needs stays exact.
       Time of Last Calibration is kept, like every TM. Residual risk: two subjects
       scanned on one scanner after the same calibration show different shifted
-      calibration dates, and the difference is the difference of their offsets; an
-      attacker who knows one of them's real dates learns the other's.
+      calibration dates, and the difference is the difference of their offsets, so
+      whoever knows one subject's real dates can work out the other's.
     * Descriptors: ``CLEANED_DESCRIPTORS`` (Series Description, Protocol Name, Study
       Description, ...) plus Sequence Name (not in E.1-1; cleaned like its neighbours)
       are kept but cleaned: name components, PatientID, Other Patient IDs, Accession
@@ -54,8 +54,9 @@ Decisions
     * Patient module (group 0010): besides the table, any attribute not known to be
       harmless is removed, which also covers ones the library's list lacks (e.g.
       Patient's Birth Date in Alternative Calendar).
-    * Unknown standard attributes (not in pydicom's dictionary) are removed; group
-      lengths are removed (they would be stale).
+    * Unknown standard attributes (not in pydicom's dictionary) are removed, any PN the
+      table does not list (e.g. Evaluator Name) is emptied, group lengths are removed
+      (they would be stale).
     * Curves (50xx) are removed; overlays (60xx): the table removes Overlay Data and
       Overlay Comments, we remove the whole group so no Overlay Plane without data is
       left behind.
@@ -64,7 +65,7 @@ Decisions
       parameters from. Free-text elements of those blocks (LT/ST/UT in pydicom's private
       dictionary) and GE's scanner study identifiers are dropped; UI values in them are
       replaced by ``uid()``. Philips 2001/2005 blocks are kept whole, nested sequences
-      included. Residual risk: vendor blocks are not specified and can carry text and
+      included and not walked. Residual risk: vendor blocks are not specified and can carry text and
       identifiers - e.g. the Siemens CSA series header's MrPhoenixProtocol holds
       tReferenceImage UIDs, which embed the scanner serial and the acquisition
       date-time. Strictly, Retain Safe Private (113111) means attributes known to be
@@ -72,10 +73,11 @@ Decisions
     * File Meta: Media Storage SOP Instance UID follows the new SOP Instance UID, AE
       titles, presentation addresses and private information are removed, the
       preamble is zeroed (E.1.1 step 7).
-    * The output depends only on the input, the key and the HarmoNet version, so a
-      re-sent instance encodes to the same bytes (the store deduplicates on that).
+    * The output depends only on the input, the key and PROFILE_VERSION, so a re-sent
+      instance encodes to the same bytes (the store deduplicates on that), across
+      HarmoNet upgrades too unless the profile itself changed.
     * Nothing here logs a value; original identifiers only live in process memory
-      (the descriptor-cleaning pattern cache).
+      (the descriptor-cleaning and UID caches).
 """
 
 from __future__ import annotations
@@ -86,7 +88,6 @@ import enum
 import functools
 import hashlib
 import hmac
-import importlib.metadata
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,8 @@ class PseudonymisationError(ValueError):
 
 
 class Action(enum.Enum):
+    """What happens to one attribute."""
+
     KEEP = "K"
     REMOVE = "X"
     EMPTY = "Z"
@@ -133,11 +136,9 @@ class Action(enum.Enum):
     RECURSE = "K(SQ)"  # keep the sequence, apply the profile to its items
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("harmonet")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+# Bumped only when a change to this module changes its output: a re-sent instance must
+# encode to the same bytes across HarmoNet upgrades, or the store would quarantine it.
+PROFILE_VERSION: Final = "1"
 
 
 # PS3.16 CID 7050 De-identification Method.
@@ -157,7 +158,7 @@ DEIDENTIFICATION_METHOD: Final[tuple[str, ...]] = (
     "Retain Longitudinal Temporal Information Modified Dates",
     "Clean Descriptors",
     "Retain Safe Private",
-    f"HarmoNet {_version()}",
+    f"HarmoNet pseudonymisation profile {PROFILE_VERSION}",
 )
 
 # Table E.1-1, column "Rtn. Dev. Id. Opt.": K.
@@ -348,6 +349,8 @@ def action_for(tag: int) -> Action:
         return Action.REMOVE
     if vr is None:
         return Action.REMOVE
+    if vr == "PN":  # a person the table does not list yet (e.g. Evaluator Name)
+        return Action.EMPTY
     if vr == "UI":
         keyword = keyword_for_tag(tag)
         kept = "Class" in keyword or "TransferSyntax" in keyword or keyword in _UID_KEYWORDS_KEPT
@@ -441,14 +444,21 @@ class Pseudonymiser:
         return -365 - number % (3650 - 365 + 1)
 
     def apply(self, ds: Dataset) -> None:
-        """De-identify ``ds`` in place (file meta and nested sequences included)."""
+        """De-identify ``ds`` in place (file meta and nested sequences included).
+
+        Raises PseudonymisationError when the instance has no PatientID and no
+        StudyInstanceUID to derive the subject from.
+        """
         basis = _subject_basis(ds)
         run = _Run(self, subject=self.subject_id(basis), offset_days=self.date_offset_days(basis),
                    identifiers=_identifiers(ds))
         _add_patient_age(ds)
         _walk(ds, run)
+        for tag, vr in ((0x00100010, "PN"), (0x00100020, "LO")):  # Type 2: present, and ours
+            if tag not in ds:
+                _put(ds, tag, vr, [run.subject])
         _mark_deidentified(ds)
-        _rewrite_file_meta(ds)
+        _rewrite_file_meta(ds, run)
 
 
 @dataclass(frozen=True)
@@ -832,15 +842,17 @@ def _mark_deidentified(ds: Dataset) -> None:
     _put(ds, 0x00280303, "CS", ["MODIFIED"])
 
 
-def _rewrite_file_meta(ds: Dataset) -> None:
+def _rewrite_file_meta(ds: Dataset, run: _Run) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         tags = list(meta.keys())  # iterating a Dataset yields elements, not tags
         for tag in tags:
             if int(tag) in _FILE_META_REMOVED:
                 del meta[tag]
-        sop_uid = ds.get(0x00080018)
-        if sop_uid is not None and sop_uid.value:
-            meta[0x00020003] = _element(0x00020003, "UI", [str(sop_uid.value)])
+        sop_uids = _strings(ds, 0x00080018)  # already replaced
+        if sop_uids:
+            _put(meta, 0x00020003, "UI", sop_uids[:1])
+        elif 0x00020003 in meta:
+            _uid(meta, 0x00020003, run)
     if getattr(ds, "preamble", None) is not None:
         ds.preamble = None  # written as 128 zero bytes

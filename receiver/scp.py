@@ -69,7 +69,7 @@ def start_scp(
     """Start serving in background threads; call `.shutdown()` on the result to stop."""
     apply_low_latency_patches()
     ae = make_ae(options.ae_title)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_REQUESTED, _on_requested, [config]),
         (evt.EVT_ACCEPTED, _on_accepted),
         (evt.EVT_C_ECHO, _on_echo),
@@ -80,9 +80,11 @@ def start_scp(
     if options.reuse_port:
         server = start_reuseport_server(ae, address, evt_handlers=handlers, ssl_context=ssl_context)
     else:
-        server = ae.start_server(
+        started = ae.start_server(
             address, block=False, evt_handlers=handlers, ssl_context=ssl_context
         )
+        assert started is not None  # non-blocking start always returns the server
+        server = started
     log.info(
         "DICOM SCP listening",
         extra={

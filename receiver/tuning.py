@@ -45,7 +45,9 @@ from pynetdicom import _config, dimse_messages, dsutils, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.utils import set_timer_resolution
 
 try:
     import ssl
@@ -81,6 +83,7 @@ _PINNED_SOURCES: dict[tuple[type, str], str] = {
     (DULServiceProvider, "stop_dul"): "28a7e0be126e7b30",
     (Association, "_run_reactor"): "f28838c5559e462a",
     (Association, "kill"): "8f9713666a7f4cff",
+    (Association, "run_reactor"): "ed8bbbe3b3d6ddae",
 }
 _COPIED_FROM = "3.0.4"
 
@@ -309,6 +312,59 @@ def _association_kill(self: Association) -> None:
         time.sleep(0.001)
 
 
+def _association_main(self: Association) -> None:
+    # pynetdicom 3.0.4 Association.run_reactor (the thread's target), plus one fix:
+    # an A-ASSOCIATE-RJ or A-ABORT sent from an EVT_REQUESTED handler used to race
+    # the socket's shutdown below - the DUL thread had usually not sent the PDU yet,
+    # so the requestor saw the connection drop instead of the rejection (0 of 30
+    # rejections arrived in a loopback test). kill() waits until the DUL has sent it
+    # and the peer has closed the connection (or ARTIM expired), exactly as
+    # pynetdicom's own rejection path in ACSE._negotiate_as_acceptor does.
+    if not self._started_dul:
+        self.dul.start()
+        self._started_dul = True
+        self._dul_ready.wait()
+
+    if self.is_acceptor:
+        primitive = self.dul.receive_pdu(wait=True, timeout=self.acse_timeout)
+
+        if primitive is None:
+            self.kill()
+            sock = cast(AssociationSocket, self.dul.socket)
+            if self._server and sock.socket:
+                self._server.shutdown_request(sock.socket)
+
+            return
+
+        self.requestor.primitive = cast(A_ASSOCIATE, primitive)
+        evt.trigger(self, evt.EVT_REQUESTED, {})
+
+        if not self.is_aborted and not self.is_rejected:
+            self.acse.negotiate_association()
+        elif self.dul.is_alive():
+            self.kill()
+
+        if self.is_established:
+            with set_timer_resolution(self._timer_resolution):
+                self._run_reactor()
+
+        sock = cast(AssociationSocket, self.dul.socket)
+        if self._server and sock.socket:
+            self._server.shutdown_request(sock.socket)
+    else:
+        if (
+            not self.is_established
+            and not self.is_aborted
+            and not self.is_released
+            and not self.is_rejected
+        ):
+            self.acse.negotiate_association()
+
+        if self.is_established:
+            with set_timer_resolution(self._timer_resolution):
+                self._run_reactor()
+
+
 def _association_run_reactor(self: Association) -> None:
     # pynetdicom 3.0.4 Association._run_reactor; the 1 ms sleep at the top of
     # every turn becomes a wait for the next DIMSE message / ACSE primitive,
@@ -382,6 +438,7 @@ _REPLACEMENTS: dict[tuple[type, str], Callable[..., Any]] = {
     (DULServiceProvider, "stop_dul"): _dul_stop_dul,
     (Association, "_run_reactor"): _association_run_reactor,
     (Association, "kill"): _association_kill,
+    (Association, "run_reactor"): _association_main,
     (Association, "__init__"): _association_init,
 }
 

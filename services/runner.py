@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 from services.blobstore import FileBlobStore
 from services.bus import Bus, make_bus
@@ -36,7 +37,7 @@ class Context:
 @dataclass(frozen=True)
 class Service:
     name: str
-    run: Callable[[Context], Awaitable[None]]
+    run: Callable[[Context], Coroutine[Any, Any, None]]
 
 
 def discover_services() -> dict[str, Service]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ class StudySpec:
     study_date: str = "20261103"
     series: Sequence[SeriesSpec] = (T1_MPRAGE, BOLD_EPI)
 
-    def uid(self, *parts: object) -> str:
-        return str(generate_uid(entropy_srcs=[self.seed, *(str(p) for p in parts)]))
+    def uid(self, *parts: object) -> UID:
+        return generate_uid(entropy_srcs=[self.seed, *(str(p) for p in parts)])
 
 
 def small_study(

@@ -32,9 +32,9 @@ async def _bind_subscriber(
 
 
 async def _next_message(
-    queue: aio_pika.abc.AbstractQueue, timeout: float
+    queue: aio_pika.abc.AbstractQueue, seconds: float
 ) -> aio_pika.abc.AbstractIncomingMessage:
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(seconds):
         async with queue.iterator() as messages:
             async for message in messages:
                 await message.ack()
@@ -67,7 +67,7 @@ async def test_receiver_publishes_study_received_on_rabbitmq(
                 storescu, receiver.dicom_port, files, calling_ae="MILANPRISMA"
             )
             assert pushed.returncode == 0, pushed.stderr
-            message = await _next_message(queue, timeout=30)
+            message = await _next_message(queue, seconds=30)
             # A second push of the same study: no second revision on the exchange.
             await asyncio.to_thread(storescu, receiver.dicom_port, files, calling_ae="MILANPRISMA")
             await asyncio.sleep(3)
@@ -113,7 +113,7 @@ async def test_two_receiver_workers_share_one_port_and_one_study(
                 for i in range(4)
             ]
             assert [await p.wait() for p in pushes] == [0, 0, 0, 0]
-            message = await _next_message(queue, timeout=30)
+            message = await _next_message(queue, seconds=30)
             await asyncio.sleep(3)
             assert await queue.get(fail=False) is None  # one study, one event, one worker
             assert receiver.metric_value("harmonet_receiver_instances_stored_total") == len(files)
