@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from receiver.app import make_ingestor
 from receiver.stability import StabilityMonitor
+from services import journal
+from services.bus import InMemoryBus
 from services.config import HarmonetConfig
 from services.runner import Context, build_context
 from services.scu import iter_files
@@ -52,13 +54,20 @@ def import_paths(
 
 async def _publish(context: Context, study_uids: set[str]) -> int:
     await context.bus.connect()
+    if context.settings.amqp_url is None:
+        # The in-process bus reaches only this process: keep the events in the journal,
+        # as `harmonet up` does, so the import leaves the same trace.
+        await journal.attach(context)
     try:
         monitor = StabilityMonitor(
             state=context.state, blobs=context.blobs, bus=context.bus,
             stable_seconds=context.settings.stable_seconds,
             source=f"harmonet/import/{socket.gethostname()}",
         )
-        return len(await monitor.complete_now(study_uids))
+        published = await monitor.complete_now(study_uids)
+        if isinstance(context.bus, InMemoryBus):
+            await context.bus.drain()
+        return len(published)
     finally:
         await context.bus.close()
         context.state.close()

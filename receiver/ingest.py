@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 
 from receiver import status
@@ -34,6 +34,11 @@ class IngestResult:
     outcome: str  # stored | duplicate | quarantined | rejected | unavailable
     key: str | None = None
     message: str = ""
+
+
+# Our Implementation Class UID (a UUID-derived 2.25 root) and version name, PS3.7 D.3.3.2.
+IMPLEMENTATION_CLASS_UID = "2.25.292434003098451799718456822426405681878"
+IMPLEMENTATION_VERSION_NAME = "HARMONET_1"
 
 
 def instance_key(site: str, ds: Dataset) -> str:
@@ -86,6 +91,7 @@ class Ingestor:
             return rejection
         is_phantom = self.config.is_phantom_name(str(ds.get("PatientName", "") or ""))
         self.pseudonymiser.apply(ds)
+        ds.file_meta = _normalised_file_meta(ds)
         buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
         return buffer.getvalue(), is_phantom
@@ -120,3 +126,15 @@ class Ingestor:
         metrics.RECEIVER_INSTANCES_STORED.labels(site=site, scanner=scanner_id).inc()
         metrics.RECEIVER_BYTES_STORED.labels(site=site, scanner=scanner_id).inc(len(encoded))
         return IngestResult(status.SUCCESS, "stored", key=key)
+
+
+def _normalised_file_meta(ds: Dataset) -> FileMetaDataset:
+    """File meta that depends only on the instance, not on who sent it or how (storescu,
+    a console, `harmonet import`), so a re-sent instance is recognised as a duplicate."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta

@@ -31,13 +31,18 @@ class Journal:
                 os.close(fd)
 
 
-async def run(context: Context) -> None:
+async def attach(context: Context) -> None:
+    """Subscribe the journal to every event on `context.bus`."""
     journal = Journal(context.settings.data_dir / "events" / "events.jsonl")
 
     async def record(delivery: Delivery) -> None:
         await asyncio.to_thread(journal.append, delivery.event.to_json())
 
     await context.bus.subscribe("journal", ["#"], record)
+
+
+async def run(context: Context) -> None:
+    await attach(context)
     await asyncio.Event().wait()
 
 

@@ -120,6 +120,13 @@ class InMemoryBus:
         await asyncio.gather(*dispatchers, return_exceptions=True)
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
+    async def drain(self) -> None:
+        """Wait until every queue with a consumer is empty and no handler is running."""
+        while any(  # noqa: ASYNC110 - polling two independent conditions, test/CLI use only
+            q.dispatcher is not None and not q.pending.empty() for q in self._queues.values()
+        ) or self._in_flight:
+            await asyncio.sleep(0.01)
+
     async def publish(self, event: CloudEvent) -> None:
         await self.publish_raw(event.routing_key, event.to_json())
         metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
