@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID
 
 from receiver import status
 from receiver.pseudonymise import Pseudonymiser
@@ -37,7 +38,7 @@ class IngestResult:
 
 
 # Our Implementation Class UID (a UUID-derived 2.25 root) and version name, PS3.7 D.3.3.2.
-IMPLEMENTATION_CLASS_UID = "2.25.292434003098451799718456822426405681878"
+IMPLEMENTATION_CLASS_UID = UID("2.25.292434003098451799718456822426405681878")
 IMPLEMENTATION_VERSION_NAME = "HARMONET_1"
 
 

@@ -99,6 +99,8 @@ class StabilityMonitor:
         self._stable = stable_seconds
         self._source = source
         self._clock = clock
+        self._publish_backoff = 0.0  # seconds; grows while the bus refuses publishes
+        self._next_publish_at = 0.0
 
     async def run_forever(self) -> None:
         interval = min(1.0, max(0.05, self._stable / 4))
@@ -111,10 +113,14 @@ class StabilityMonitor:
 
     async def tick(self) -> list[CloudEvent]:
         """Publish every study that is stable now; returns the events published."""
+        if self._clock() < self._next_publish_at:
+            return []  # the bus refused recently: back off instead of hammering it
         cutoff = self._clock() - self._stable
         ready = await asyncio.to_thread(self._state.zrange_by_score, PENDING, cutoff)
         published = []
         for study_uid in ready:
+            if self._clock() < self._next_publish_at:
+                break  # a publish just failed; the rest waits for the backoff too
             try:
                 event = await self._complete(study_uid, cutoff)
             except StateError:
@@ -181,8 +187,14 @@ class StabilityMonitor:
             try:
                 await self._bus.publish(event)
             except PublishError as exc:
-                log.error("study.received not confirmed; will retry", extra={"error": str(exc)})
+                self._publish_backoff = min(30.0, max(1.0, self._publish_backoff * 2))
+                self._next_publish_at = self._clock() + self._publish_backoff
+                log.error(
+                    "study.received not confirmed; will retry",
+                    extra={"error": str(exc), "retry_in_seconds": self._publish_backoff},
+                )
                 return None
+            self._publish_backoff = 0.0
             metrics.STUDIES_RECEIVED.labels(site=meta.site, scanner=meta.scanner).inc()
             await asyncio.to_thread(
                 self._state.hset,

@@ -73,7 +73,12 @@ async def run_services(services: Sequence[Service], context: Context) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await context.bus.connect()
+    try:
+        await context.bus.connect()
+    except ConnectionError as exc:
+        # A dead broker must not stop the receiver from storing studies: publishes retry
+        # (the study stays pending) and a consumer's subscribe fails, restarting it.
+        log.error("bus unreachable at start; retrying on use", extra={"error": str(exc)})
     tasks = [asyncio.create_task(s.run(context), name=s.name) for s in services]
     stopper = asyncio.create_task(stop.wait(), name="stop")
     log.info("services started", extra={"services": [s.name for s in services]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from urllib.parse import unquote
 
 import aio_pika
 import pytest
@@ -122,3 +123,43 @@ async def test_two_receiver_workers_share_one_port_and_one_study(
         await connection.close()
     data = CloudEvent.from_json(message.body).parsed_data()
     assert isinstance(data, StudyReceived) and data.instance_count == len(files)
+
+
+async def test_dead_broker_loses_nothing_and_publishes_when_back(
+    tmp_path: Path, rabbitmq_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """The broker refuses the receiver (its user does not exist yet); the pushed study is
+    stored all the same and published once the broker lets the receiver in."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.conftest import rabbitmqctl
+
+    require_tool("storescu")
+    user, password = unique_name("harmonet-late-"), "late-password"
+    parts = urlsplit(rabbitmq_url)
+    netloc = f"{user}:{password}@{parts.hostname}:{parts.port or 5672}"
+    late_url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    vhost = unquote(parts.path.lstrip("/"))
+    files = tmp_path / "study"
+    write_study(small_study("integration-late", t1_slices=5, epi_slices=2, epi_volumes=2), files)
+    env = _env(rabbitmq_url, redis_url, redis_prefix)
+    env["HARMONET_AMQP_URL"] = late_url
+    connection, queue = await _bind_subscriber(rabbitmq_url)
+    try:
+        with run_harmonet("receiver", tmp_path / "data", env=env) as receiver:
+            pushed = await asyncio.to_thread(
+                storescu, receiver.dicom_port, files, calling_ae="MILANPRISMA"
+            )
+            assert pushed.returncode == 0, pushed.stderr
+            assert len(list((receiver.data_dir / "dicom").rglob("*.dcm"))) == 9
+            await asyncio.sleep(3)  # stable, but the broker refuses: the study stays pending
+            assert "not confirmed" in receiver.log()
+            assert await queue.get(fail=False) is None
+            rabbitmqctl("add_user", user, password)
+            rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+            message = await _next_message(queue, seconds=60)
+    finally:
+        await connection.close()
+        rabbitmqctl("delete_user", user)
+    data = CloudEvent.from_json(message.body).parsed_data()
+    assert isinstance(data, StudyReceived) and data.instance_count == 9
