@@ -18,6 +18,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+from tests.support.ci import skip_or_fail
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -25,12 +27,8 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 def require_server(name: str, reachable: bool, why: str) -> None:
     """Skip (locally) or fail (`CI=true`) the current test when `name` is not usable."""
-    if reachable:
-        return
-    message = f"{name} not available: {why}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    if not reachable:
+        skip_or_fail(f"{name} not available: {why}")
 
 
 def _tcp_reachable(url: str, default_port: int) -> tuple[bool, str]:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-
-def skip_or_fail(reason: str) -> None:
-    """Skip locally; with CI=true a missing prerequisite is a failure, not a skip."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
+from tests.support.ci import skip_or_fail
 
 
 @pytest.fixture
@@ -23,7 +17,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount_point.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         skip_or_fail(f"cannot mount a tmpfs (root needed): {done.stderr.strip()}")

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.disk import skip_or_fail
+from tests.support.ci import skip_or_fail
 
 
 def free_port() -> int:
