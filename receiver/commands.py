@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
-def register(verbs: Any) -> None:
+def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) -> None:
     parser = verbs.add_parser("import", help="bring an archive in through the same path as a push")
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--aet", required=True, help="the scanner's calling AE title in the config")

@@ -39,9 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
     up = verbs.add_parser("up", help="run the whole system in one process (embedded defaults)")
     up.set_defaults(handler=_cmd_up)
+    service_parsers: dict[str, argparse.ArgumentParser] = {}
     for name in SERVICE_VERBS:
-        verb = verbs.add_parser(name, help=f"run the {name} service")
+        verb = verbs.add_parser(name, help=f"run the {name} service (or one of its actions)")
         verb.set_defaults(handler=_cmd_service, service=name)
+        service_parsers[name] = verb
 
     send = verbs.add_parser("send", help="push DICOM files over C-STORE like a scanner")
     send.add_argument("paths", nargs="+", type=Path)
@@ -51,9 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--aec", default="HARMONET", help="called AE title")
     send.set_defaults(handler=_cmd_send)
 
-    # Verbs owned by a service package (e.g. the receiver's `import`), found by entry point.
+    # Verbs owned by a service package (the receiver's `import`, `compliance check`, ...),
+    # found by entry point: `register(verbs, service_parsers)` adds verbs or sub-actions.
     for entry in entry_points(group=COMMAND_ENTRY_POINT_GROUP):
-        entry.load()(verbs)
+        entry.load()(verbs, service_parsers)
 
     config = verbs.add_parser("config", help="configuration file tools")
     config_verbs = config.add_subparsers(metavar="ACTION")

@@ -54,6 +54,7 @@ class ScannerConfig(_Model):
 class SiteConfig(_Model):
     id: str = Field(pattern=_ID)
     scanners: list[ScannerConfig] = Field(min_length=1)
+    protocol: str | None = Field(default=None, description="protocol id; default: the first")
 
 
 class PhantomRules(_Model):
@@ -94,9 +95,34 @@ class SeriesRule(_Model):
         return match
 
 
+class ProtocolOverride(_Model):
+    """A site's or a scanner's exception to one series type's expectations."""
+
+    type: str = Field(pattern=_ID)
+    site: str | None = None
+    scanner: str | None = None
+    severity: Literal["exclude", "warning"] | None = None
+    expect: dict[str, Expectation] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _targets_something(self) -> ProtocolOverride:
+        if self.site is None and self.scanner is None:
+            raise ValueError("an override names a site or a scanner")
+        return self
+
+
 class ProtocolConfig(_Model):
     id: str = Field(pattern=_ID)
     series: list[SeriesRule] = Field(default_factory=list)
+    overrides: list[ProtocolOverride] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _overrides_name_known_types(self) -> ProtocolConfig:
+        types = {rule.type for rule in self.series}
+        for override in self.overrides:
+            if override.type not in types:
+                raise ValueError(f"override for unknown series type {override.type!r}")
+        return self
 
 
 class HarmonetConfig(_Model):
@@ -113,7 +139,19 @@ class HarmonetConfig(_Model):
             "AE title", [ae for site in self.sites for s in site.scanners for ae in s.ae_titles]
         )
         _unique("protocol id", [p.id for p in self.protocols])
+        protocol_ids = {p.id for p in self.protocols}
+        for site in self.sites:
+            if site.protocol is not None and site.protocol not in protocol_ids:
+                raise ValueError(f"site {site.id!r} names unknown protocol {site.protocol!r}")
         return self
+
+    def protocol_for_site(self, site_id: str) -> ProtocolConfig | None:
+        """The protocol a site scans by: its own `protocol`, else the first one."""
+        site = next((s for s in self.sites if s.id == site_id), None)
+        wanted = site.protocol if site is not None else None
+        if wanted is None:
+            return self.protocols[0] if self.protocols else None
+        return next(p for p in self.protocols if p.id == wanted)
 
     def scanner_for_ae(self, ae_title: str) -> ScannerRef | None:
         """The site and scanner that own a calling AE title, if any."""

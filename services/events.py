@@ -61,16 +61,31 @@ class StudyReceived(EventData):
 class Deviation(EventData):
     parameter: str
     expected: Any
-    actual: Any
+    actual: Any = Field(description="None when the series does not carry the parameter")
     tolerance: Any = None
+    matches_site_reference: bool | None = Field(
+        default=None,
+        description="the actual value is what this site x scanner x series type usually "
+        "acquires (a consistent site difference, not a one-off); None without a reference",
+    )
 
 
 class SeriesCompliance(EventData):
     series_uid: str
+    series_number: int | None = None
+    series_description: str | None = None
     series_type: str = Field(description="protocol series type, or 'unrecognized'")
     verdict: Literal["compliant", "deviant", "unrecognized"]
     severity: Literal["exclude", "warning"] | None = None
     deviations: list[Deviation] = Field(default_factory=list)
+    fingerprint: dict[str, Any] = Field(
+        default_factory=dict, description="vendor-neutral acquisition parameters; None = unknown"
+    )
+    site_reference: dict[str, Any] = Field(
+        default_factory=dict,
+        description="inferred reference of this site x scanner x series type: the most "
+        "frequent value of each parameter once at least 3 studies support it",
+    )
 
 
 class StudyComplianceChecked(EventData):
@@ -116,11 +131,18 @@ class ScannerStabilityAlert(EventData):
     study_uid: str | None = None
 
 
+class ConfigurationChange(EventData):
+    parameter: str
+    previous: Any
+    current: Any
+    series_type: str | None = Field(default=None, description="for modal acquisition parameters")
+
+
 class ScannerConfigurationChanged(EventData):
     site: str
     scanner: str
     study_uid: str
-    changes: list[Deviation]
+    changes: list[ConfigurationChange]
 
 
 class StudyHarmonized(EventData):
