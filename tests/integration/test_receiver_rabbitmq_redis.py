@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 async def _bind_subscriber(
-    url: str,
+    url: str, pattern: str = "study.#"
 ) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractQueue]:
     connection = await aio_pika.connect_robust(url)
     channel = await connection.channel()
@@ -28,7 +28,7 @@ async def _bind_subscriber(
         "harmonet.events", aio_pika.ExchangeType.TOPIC, durable=True
     )
     queue = await channel.declare_queue(unique_name("test-subscriber-"), exclusive=True)
-    await queue.bind(exchange, routing_key="study.#")
+    await queue.bind(exchange, routing_key=pattern)
     return connection, queue
 
 
@@ -60,7 +60,7 @@ async def test_receiver_publishes_study_received_on_rabbitmq(
     write_study(
         small_study("integration-rabbit", t1_slices=30, epi_slices=10, epi_volumes=5), files
     )
-    connection, queue = await _bind_subscriber(rabbitmq_url)
+    connection, queue = await _bind_subscriber(rabbitmq_url, "study.received")
     try:
         env = _env(rabbitmq_url, redis_url, redis_prefix)
         with run_harmonet("receiver", tmp_path / "data", env=env) as receiver:

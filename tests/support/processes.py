@@ -119,7 +119,8 @@ def run_harmonet(
         )
     handle = HarmonetProcess(proc, data_dir, dicom_port, metrics_port, log_path)
     try:
-        wait_for_port(dicom_port, proc=proc)
+        if verb in ("up", "receiver"):
+            wait_for_port(dicom_port, proc=proc)
         wait_for_port(metrics_port, proc=proc)
         yield handle
     except Exception:
