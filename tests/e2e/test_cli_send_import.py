@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 def _journal(data_dir: Path) -> list[CloudEvent]:
     path = data_dir / "events" / "events.jsonl"
     lines = path.read_bytes().splitlines() if path.exists() else []
-    return [CloudEvent.from_json(line) for line in lines if line]
+    events = [CloudEvent.from_json(line) for line in lines if line]
+    return [e for e in events if e.routing_key == "study.received"]
 
 
 def _harmonet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
