@@ -68,7 +68,7 @@ async def test_study_compliance_checked_on_rabbitmq(
     connection, queue = await _bind_subscriber(rabbitmq_url, pattern="study.compliance.checked")
     try:
         with (
-            run_harmonet("compliance", tmp_path / "data", env=env),
+            run_harmonet("compliance", tmp_path / "data", env=env) as compliance,
             run_harmonet("receiver", tmp_path / "data", env=env) as receiver,
         ):
             pushed = await asyncio.to_thread(
@@ -78,6 +78,10 @@ async def test_study_compliance_checked_on_rabbitmq(
             async with asyncio.timeout(60):
                 message = await queue.iterator().__anext__()
             await message.ack()
+            series_total = "harmonet_compliance_series_total"
+            for verdict in ("compliant", "deviant", "unrecognized"):
+                labels = {"site": "milan", "scanner": "milan-prisma", "result": verdict}
+                assert compliance.metric_value(series_total, **labels) == 1
     finally:
         await connection.close()
     event = CloudEvent.from_json(message.body)
