@@ -157,6 +157,7 @@ async def _check_and_publish(
         revision=study.revision,
         site=study.site,
         scanner=study.scanner,
+        is_phantom=study.is_phantom,
         series=results,
     )
     await bus.publish(

@@ -93,14 +93,21 @@ class StudyComplianceChecked(EventData):
     revision: int = Field(ge=1)
     site: str
     scanner: str
+    is_phantom: bool = False
     series: list[SeriesCompliance]
 
 
 class SeriesQC(EventData):
     series_uid: str
     series_type: str
+    kind: Literal["anatomical", "functional", "fbirn", "acr", "none"] = "none"
+    status: Literal["measured", "not_measured"] = "measured"
+    reason: str | None = Field(default=None, description="why a series could not be measured")
     metrics: dict[str, float | None] = Field(default_factory=dict)
     features: dict[str, float | None] = Field(default_factory=dict)
+    report: dict[str, str] = Field(
+        default_factory=dict, description="blob keys of the report files (mosaic, carpet, json)"
+    )
 
 
 class StudyQCCompleted(EventData):
@@ -116,9 +123,10 @@ class ScannerPhantomMeasured(EventData):
     scanner: str
     study_uid: str
     series_uid: str
-    phantom_type: str
-    acquired_at: str | None = None
+    phantom_type: Literal["fbirn", "acr"]
+    acquired_at: str | None = Field(default=None, description="shifted acquisition date")
     metrics: dict[str, float | None]
+    zscores: dict[str, float | None] = Field(default_factory=dict)
 
 
 class ScannerStabilityAlert(EventData):
