@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +38,7 @@ from services.events import (
 )
 from services.runner import Context, Service
 from services.state import StateError, StateStore
+from services.state.lock import LockTimeout, state_lock
 
 log = logging.getLogger(__name__)
 QUEUE = "compliance"
@@ -103,11 +102,11 @@ async def handle_study_received(
     except FileNotFoundError as exc:
         raise RetryableError(f"blob missing: {exc.filename}") from exc
     try:
-        async with _scanner_lock(state, f"lock:compliance:{study.site}:{study.scanner}"):
+        async with state_lock(state, f"lock:compliance:{study.site}:{study.scanner}"):
             await _check_and_publish(
                 study, fingerprints, config=config, state=state, bus=bus, source=source
             )
-    except StateError as exc:
+    except (StateError, LockTimeout) as exc:
         raise RetryableError(str(exc)) from exc
 
 
@@ -118,22 +117,6 @@ def _fingerprints(blobs: FileBlobStore, series: Sequence[SeriesManifest]) -> dic
         )
         for s in series
     }
-
-
-@asynccontextmanager
-async def _scanner_lock(state: StateStore, key: str) -> AsyncIterator[None]:
-    """Serialise the history updates of one scanner across replicas."""
-    token = secrets.token_bytes(8)
-    for _ in range(600):
-        if await asyncio.to_thread(state.set_if_absent, key, token, ttl_seconds=60):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise RetryableError(f"{key} stayed locked")
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(state.delete_if_equal, key, token)
 
 
 async def _check_and_publish(
