@@ -3,24 +3,28 @@
 pynetdicom 3.0 hands every PDU between two threads per association that poll
 each other with sleeps: the DUL reactor sleeps 1 ms whenever it finds nothing to
 do and the association reactor sleeps 1 ms every turn, so one C-STORE round trip
-(PDU in -> handler -> response out) waits up to ~3 ms in `time.sleep`: a single
-association tops out near 370 instances/s whatever the handler costs.
+(PDU in -> handler -> response out) waits ~2-3 ms in `time.sleep` and a single
+association tops out near 300 instances/s whatever the handler costs.
 
-`apply_low_latency_patches()` keeps pynetdicom's logic and replaces only the
-waiting: the DUL thread blocks in `poll()` on the peer socket plus a wake-up
-socket pair that is written whenever another thread queues a primitive or an
-event for it; the association reactor blocks on a `threading.Event` set
-whenever the DUL queues a DIMSE message or an ACSE primitive for it. Both waits
-keep a short timeout (10 ms) so everything pynetdicom still polls - the ARTIM
-and network (idle) timers, the kill flags, the DUL thread's death - is still
-seen, a little later than before at worst. The replaced functions are copies of
-pynetdicom 3.0.4's with only the wait changed; their source is hashed and
-compared with the copied version, and on any difference nothing is patched (a
+`apply_low_latency_patches()` keeps pynetdicom's logic and replaces the waiting:
+the DUL thread blocks in `poll()` on the peer socket plus a wake-up socket pair
+that is written whenever another thread queues a primitive or an event for it;
+the association reactor blocks on a `threading.Event` set whenever the DUL queues
+a DIMSE message or an ACSE primitive for it. Both waits keep a short timeout
+(10 ms) so what pynetdicom still polls - the ARTIM and network (idle) timers, the
+kill flags, the DUL thread's death - is still seen, at most that much later.
+It also encodes DIMSE command sets without pydicom's generic writer, stops binding
+pynetdicom's per-message logging handlers, and makes a rejection or abort sent from
+an EVT_REQUESTED handler reach the peer (stock 3.0.4 closes the socket first).
+
+The replaced functions are copies of pynetdicom 3.0.4's; their source is hashed
+and compared with the copied version, and on any difference nothing is patched (a
 log line says so and pynetdicom runs as shipped).
 
-Measured with DCMTK storescu against a bare SCP writing `encoded_dataset()`
-with fsync, one association, 2 cores: ~320 -> ~600+ instances/s (see
-benchmarks/README.md for the current figures).
+Measured (benchmarks/ingest.py, DCMTK storescu, one association, 2 cores): a bare
+SCP storing `encoded_dataset()` 285 -> 550 instances/s on tmpfs; the HarmoNet
+receiver 141 -> ~200/s. With several associations in one process the GIL, not the
+sleeps, is the limit and the patches change little.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -157,16 +158,26 @@ def _run_receiver_workers(workers: int) -> int:
                     for i in range(workers)]
         for child in children:
             child.start()
+
+        def stop_children(signum: int, frame: object) -> None:
+            # The workers hold the port: they must never outlive this parent.
+            for child in children:
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: each worker shuts down cleanly
+
+        previous = {s: signal.signal(s, stop_children) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for child in children:
                 child.join()
-        except KeyboardInterrupt:
-            pass
+                stop_children(signal.SIGTERM, None)  # one worker gone: take the rest down
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             for child in children:
+                child.join(timeout=20)
                 if child.is_alive():
-                    child.terminate()
-                child.join()
+                    child.kill()
+                    child.join()
         return max((child.exitcode or 0) for child in children)
 
 

@@ -8,7 +8,7 @@ birth date, institution, physicians, dates) so pseudonymisation can be checked.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,8 @@ class SeriesSpec:
     scanning_sequence: str = "EP"
     sequence_variant: str = "SK"
     phase_encoding_direction: str = "COL"
+    # Pixel content: (volume, slice, rng) -> (rows, columns) array; None = noise around 400.
+    image: Callable[[int, int, np.random.Generator], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,11 @@ def iter_instances(spec: StudySpec) -> Iterator[Dataset]:
                 )
                 ds.StudyInstanceUID = study_uid
                 ds.SeriesInstanceUID = series_uid
-                pixels = rng.normal(400, 40, (series.rows, series.columns)).clip(0, 4095)
-                ds.PixelData = pixels.astype(np.uint16).tobytes()
+                if series.image is None:
+                    pixels = rng.normal(400, 40, (series.rows, series.columns))
+                else:
+                    pixels = series.image(volume, slice_index, rng)
+                ds.PixelData = np.round(pixels).clip(0, 4095).astype(np.uint16).tobytes()
                 yield ds
 
 
@@ -223,3 +228,28 @@ def _instance(
     other = ds.private_block(0x0033, "ACME PATIENT NOTES", create=True)
     other.add_new(0x01, "LO", f"notes on {spec.subject.patient_name}")
     return ds
+
+
+def fbirn_phantom(
+    *, seed: str, sessions_signal: float = 1000.0, temporal_noise: float = 10.0,
+    drift_percent: float = 0.0, volumes: int = 40, slices: int = 5, matrix: int = 32,
+) -> StudySpec:
+    """An fBIRN-style agar sphere EPI run: known signal, white temporal noise of known
+    sigma (SFNR = signal / noise) and a known linear drift over the run (percent)."""
+    centre = (matrix - 1) / 2
+    yy, xx = np.mgrid[:matrix, :matrix]
+    disk = ((yy - centre) ** 2 + (xx - centre) ** 2) <= (0.4 * matrix) ** 2
+
+    def image(volume: int, slice_index: int, rng: np.random.Generator) -> np.ndarray:
+        level = sessions_signal * (1 + drift_percent / 100 * volume / max(1, volumes - 1))
+        noise = rng.normal(0, temporal_noise, (matrix, matrix))
+        return np.where(disk, level + noise, 5 + np.abs(noise) * 0.2)
+
+    run = SeriesSpec(
+        description="fBIRN stability EPI", protocol_name="fbirn_stability",
+        sequence_name="epfid2d1_32", slices=slices, volumes=volumes, rows=matrix,
+        columns=matrix, pixel_spacing_mm=(4.0, 4.0), slice_thickness_mm=4.0, image=image,
+    )
+    return StudySpec(seed=seed, subject=Subject(patient_name="FBIRN^PHANTOM",
+                                                patient_id="PHANTOM-FBIRN", sex="O", age=""),
+                     series=(run,))
