@@ -8,16 +8,15 @@ the scanner sends the instance again.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from receiver import status
+from receiver.encode import encode_part10
 from receiver.pseudonymise import Pseudonymiser
 from receiver.stability import StudyTracker
 from receiver.validation import Rejection, validate_instance
@@ -92,10 +91,7 @@ class Ingestor:
             return rejection
         is_phantom = self.config.is_phantom_name(str(ds.get("PatientName", "") or ""))
         self.pseudonymiser.apply(ds)
-        ds.file_meta = _normalised_file_meta(ds)
-        buffer = io.BytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-        return buffer.getvalue(), is_phantom
+        return encode_part10(ds, _normalised_file_meta(ds)), is_phantom
 
     def _store(
         self, ds: Dataset, encoded: bytes, *, scanner: ScannerRef, is_phantom: bool

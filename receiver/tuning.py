@@ -615,6 +615,48 @@ class ReusePortAssociationServer(ThreadedAssociationServer):
         super().server_bind()
 
 
+class SharedListenerAssociationServer(ThreadedAssociationServer):
+    """A threaded association server accepting on a socket another process bound.
+
+    Worker processes that all accept on one listening socket share its queue: an
+    idle worker takes the next association, where SO_REUSEPORT hashes each
+    connection to a fixed process and can give one process three of four. The
+    socket is non-blocking here: every worker's poll() wakes for a connection,
+    one accept() wins and the others return to serving instead of waiting in
+    accept().
+    """
+
+    listener: socket.socket | None = None  # set on a per-socket subclass
+
+    def server_bind(self) -> None:
+        listener = type(self).listener
+        assert listener is not None
+        cast(socket.socket, self.socket).close()
+        listener.setblocking(False)
+        self.socket = listener
+        self.server_address = listener.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # the process that bound the socket listens on it
+
+    def server_close(self) -> None:
+        # close, never shutdown(): that would stop the listener in every worker.
+        cast(socket.socket, self.socket).close()
+
+
+_shared_listeners: dict[int, socket.socket] = {}
+
+
+def share_listening_socket(listener: socket.socket) -> None:
+    """Serve this process's reuse-port server for the socket's port on `listener`.
+
+    Called once at the start of a receiver worker with the socket its parent
+    bound and listens on; `start_reuseport_server` for that port then accepts on
+    it rather than binding a socket of its own.
+    """
+    _shared_listeners[listener.getsockname()[1]] = listener
+
+
 def start_reuseport_server(
     ae: pynetdicom.AE,
     address: tuple[str, int],
@@ -622,16 +664,22 @@ def start_reuseport_server(
     evt_handlers: list[Any] | None = None,
     ssl_context: Any = None,
     ae_title: str | None = None,
-) -> ReusePortAssociationServer:
-    """`ae.start_server(address, block=False, ...)` with a `ReusePortAssociationServer`.
+) -> ThreadedAssociationServer:
+    """`ae.start_server(address, block=False, ...)` with a `ReusePortAssociationServer`,
+    or a `SharedListenerAssociationServer` when this process was given the port's socket.
 
     pynetdicom 3.0's `start_server()` takes no server class; this mirrors its
     non-blocking branch so `server.shutdown()` works as usual.
     """
-    server = cast(ReusePortAssociationServer, ae.make_server(
+    server_class: type[ThreadedAssociationServer] = ReusePortAssociationServer
+    listener = _shared_listeners.get(address[1])
+    if listener is not None:
+        server_class = type("SharedListenerServer", (SharedListenerAssociationServer,),
+                            {"listener": listener})
+    server = ae.make_server(
         address, ae_title=ae_title, ssl_context=ssl_context, evt_handlers=evt_handlers,
-        server_class=ReusePortAssociationServer,
-    ))
+        server_class=server_class,
+    )
     thread = threading.Thread(
         target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True,
     )
