@@ -10,6 +10,9 @@ $(BIN)/harmonet: pyproject.toml
 	@$(PY) -m venv $(VENV) 2>/dev/null || { bash scripts/system-deps.sh venv && $(PY) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Reference implementations the QC metrics are compared with (tests load single
+	# modules from them), without their heavy dependency trees.
+	$(BIN)/pip install --quiet --no-deps mriqc==24.0.2 nipype==1.11.0 nitime==0.12.1
 	@touch $@
 
 install: $(BIN)/harmonet
