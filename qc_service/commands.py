@@ -14,7 +14,10 @@ def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) ->
     actions = service_parsers["qc"].add_subparsers(metavar="ACTION")
     run = actions.add_parser("run", help="QC metrics for a DICOM folder or a NIfTI file")
     run.add_argument("path", type=Path)
-    run.add_argument("--type", default="t1w", help="series type: t1w, t2w, flair, bold, fbirn, acr")
+    run.add_argument(
+        "--type",
+        help="series type: t1w, t2w, flair, bold, fbirn, acr (default: bold for 4D, t1w for 3D)",
+    )
     run.add_argument("--phantom", action="store_true", help="measure as a phantom series")
     run.set_defaults(handler=_run)
     reset = actions.add_parser("reset-baseline", help="start a new stability baseline")
@@ -25,35 +28,59 @@ def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qc_service.measure import measure_paths, measure_volume
-    from services.scu import iter_files
-    from services.volume import VolumeError, load_nifti
+    from qc_service.measure import SeriesMeasurement, measure_volume
+    from services.volume import Volume, VolumeError, load_dicom_series, load_nifti
 
     is_phantom = args.phantom or args.type in ("fbirn", "acr")
-    if args.path.suffix in (".nii", ".gz"):
+    outputs: dict[str, Any] = {}
+    for name, loader in _series_loaders(args.path, load_dicom_series, load_nifti):
         try:
-            volume = load_nifti(args.path)
+            volume: Volume = loader()
         except VolumeError as exc:
-            print(f"cannot read {args.path}: {exc.reason}", file=sys.stderr)
-            return 1
-        result = measure_volume(volume, series_type=args.type, is_phantom=is_phantom)
-    else:
-        result = measure_paths(
-            list(iter_files([args.path])), series_type=args.type, is_phantom=is_phantom
+            measured = SeriesMeasurement(kind="none", reason=f"cannot build a volume: {exc.reason}")
+        else:
+            series_type = args.type or ("bold" if volume.data.ndim == 4 else "t1w")
+            measured = measure_volume(volume, series_type=series_type, is_phantom=is_phantom)
+        outputs[name] = {
+            "kind": measured.kind,
+            "reason": measured.reason,
+            "metrics": measured.metrics,
+            "features": measured.features,
+        }
+    if not outputs:
+        print(f"no DICOM series or NIfTI file at {args.path}", file=sys.stderr)
+        return 1
+    print(json.dumps(outputs, indent=2, sort_keys=True))
+    return 0 if all(o["reason"] is None for o in outputs.values()) else 1
+
+
+def _series_loaders(path: Path, load_dicom_series: Any, load_nifti: Any) -> list[tuple[str, Any]]:
+    """(name, loader) per series found at `path`: a NIfTI file, or a folder of DICOM files."""
+    from collections import defaultdict
+
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from services.scu import iter_files
+
+    if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
+        return [(path.name, lambda: load_nifti(path))]
+    by_series: dict[str, list[Path]] = defaultdict(list)
+    names: dict[str, str] = {}
+    for file in iter_files([path]):
+        try:
+            header = dcmread(file, stop_before_pixels=True)
+        except (InvalidDicomError, OSError):
+            continue
+        uid = str(header.get("SeriesInstanceUID", ""))
+        by_series[uid].append(file)
+        names[uid] = (
+            f"{header.get('SeriesNumber', '')} {header.get('SeriesDescription', '')}".strip()
         )
-    print(
-        json.dumps(
-            {
-                "kind": result.kind,
-                "reason": result.reason,
-                "metrics": result.metrics,
-                "features": result.features,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-    )
-    return 0 if result.measured else 1
+    return [
+        (names[uid] or uid, lambda files=files: load_dicom_series(files))
+        for uid, files in sorted(by_series.items(), key=lambda item: names[item[0]])
+    ]
 
 
 def _reset(args: argparse.Namespace) -> int:
