@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from services.events import CloudEvent, StudyReceived
+from services.events import StudyReceived
 from services.synthetic import small_study, write_study
+from tests.support.fakes import journal_events
 from tests.support.processes import run_harmonet
 
 pytestmark = pytest.mark.e2e
-
-
-def _journal(data_dir: Path) -> list[CloudEvent]:
-    path = data_dir / "events" / "events.jsonl"
-    lines = path.read_bytes().splitlines() if path.exists() else []
-    events = [CloudEvent.from_json(line) for line in lines if line]
-    return [e for e in events if e.routing_key == "study.received"]
 
 
 def _harmonet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -57,9 +51,11 @@ def test_send_pushes_every_file_and_reports_failures(tmp_path: Path) -> None:
         )
         assert refused.returncode != 0
         deadline = time.monotonic() + 20
-        while not _journal(harmonet.data_dir) and time.monotonic() < deadline:
+        while (
+            not journal_events(harmonet.data_dir, "study.received") and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
-    [event] = _journal(harmonet.data_dir)
+    [event] = journal_events(harmonet.data_dir, "study.received")
     assert event.parsed_data().instance_count == len(files)  # type: ignore[attr-defined]
 
 
@@ -72,7 +68,7 @@ def test_import_uses_the_same_pseudonyms_and_publishes(tmp_path: Path) -> None:
     imported = _harmonet("import", str(tmp_path / "study"), "--aet", "NAPLESSIGNA", env=env)
     assert imported.returncode == 0, imported.stderr
     assert f"imported: {len(files)} stored; 1 study.received published" in imported.stderr
-    [event] = _journal(data_dir)
+    [event] = journal_events(data_dir, "study.received")
     data = event.parsed_data()
     assert isinstance(data, StudyReceived)
     assert (data.site, data.scanner, data.instance_count) == ("naples", "naples-signa", len(files))

@@ -11,31 +11,12 @@ from pydicom import dcmread
 
 from services.events import CloudEvent, StudyReceived
 from services.synthetic import Subject, iter_instances, small_study, write_study
+from tests.support.fakes import journal_events, wait_for_journal
 from tests.support.processes import HarmonetProcess, require_tool, run_harmonet, storescu
 
 pytestmark = pytest.mark.e2e
 
 SUBJECT = Subject(patient_name="ROSSI^MARIA^LUISA", patient_id="MRN-77812", birth_date="19480512")
-
-
-def _events(data_dir: Path, routing_key: str) -> list[CloudEvent]:
-    journal = data_dir / "events" / "events.jsonl"
-    if not journal.exists():
-        return []
-    events = [CloudEvent.from_json(line) for line in journal.read_bytes().splitlines() if line]
-    return [e for e in events if e.routing_key == routing_key]
-
-
-def _wait_for_events(
-    data_dir: Path, routing_key: str, count: int, timeout: float = 30
-) -> list[CloudEvent]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = _events(data_dir, routing_key)
-        if len(events) >= count:
-            return events
-        time.sleep(0.2)
-    raise AssertionError(f"{count} {routing_key} events not seen in {timeout}s")
 
 
 def _originals(study_dir: Path) -> list[bytes]:
@@ -69,7 +50,7 @@ def test_push_study_through_harmonet_up(tmp_path: Path, study_files: Path) -> No
     with run_harmonet("up", tmp_path / "data") as harmonet:
         pushed = storescu(harmonet.dicom_port, study_files, calling_ae="MILANPRISMA")
         assert pushed.returncode == 0, pushed.stderr
-        [event] = _wait_for_events(harmonet.data_dir, "study.received", 1)
+        [event] = wait_for_journal(harmonet.data_dir, "study.received", 1)
         _check_study_received(event, expected)
         _check_stored_and_pseudonymised(harmonet, study_files, total=320)
         assert (
@@ -90,7 +71,7 @@ def test_push_study_through_harmonet_up(tmp_path: Path, study_files: Path) -> No
         again = storescu(harmonet.dicom_port, study_files, calling_ae="MILANPRISMA")
         assert again.returncode == 0, again.stderr
         time.sleep(3)  # > stable seconds + a monitor tick
-        assert len(_events(harmonet.data_dir, "study.received")) == 1
+        assert len(journal_events(harmonet.data_dir, "study.received")) == 1
         assert harmonet.metric_value("harmonet_receiver_duplicates_total") == 320
         assert harmonet.metric_value("harmonet_receiver_instances_stored_total") == 320
 
@@ -107,9 +88,9 @@ def test_late_instances_publish_a_new_revision(tmp_path: Path) -> None:
         ).write_bytes(path.read_bytes())
     with run_harmonet("up", tmp_path / "data") as harmonet:
         assert storescu(harmonet.dicom_port, first, calling_ae="MILANPRISMA").returncode == 0
-        [one] = _wait_for_events(harmonet.data_dir, "study.received", 1)
+        [one] = wait_for_journal(harmonet.data_dir, "study.received", 1)
         assert storescu(harmonet.dicom_port, late, calling_ae="MILANPRISMA").returncode == 0
-        events = _wait_for_events(harmonet.data_dir, "study.received", 2)
+        events = wait_for_journal(harmonet.data_dir, "study.received", 2)
     two = events[1]
     assert (one.parsed_data().revision, two.parsed_data().revision) == (1, 2)  # type: ignore[attr-defined]
     assert one.subject == two.subject and one.id != two.id

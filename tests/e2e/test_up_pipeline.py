@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from services.events import CloudEvent, ScannerPhantomMeasured, StudyQCCompleted
+from services.events import ScannerPhantomMeasured, StudyQCCompleted
 from services.synthetic import fbirn_phantom, write_study
+from tests.support.fakes import wait_for_journal
 from tests.support.processes import require_tool, run_harmonet, storescu
 
 pytestmark = pytest.mark.e2e
-
-
-def _journal(data_dir: Path) -> list[CloudEvent]:
-    path = data_dir / "events" / "events.jsonl"
-    lines = path.read_bytes().splitlines() if path.exists() else []
-    return [CloudEvent.from_json(line) for line in lines if line]
-
-
-def _wait_for(data_dir: Path, routing_key: str, timeout: float = 90) -> CloudEvent:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [e for e in _journal(data_dir) if e.routing_key == routing_key]
-        if found:
-            return found[0]
-        time.sleep(0.3)
-    raise AssertionError(f"no {routing_key} within {timeout}s")
 
 
 def test_phantom_push_flows_through_compliance_and_qc(tmp_path: Path) -> None:
@@ -36,13 +20,15 @@ def test_phantom_push_flows_through_compliance_and_qc(tmp_path: Path) -> None:
     with run_harmonet("up", tmp_path / "data") as harmonet:
         pushed = storescu(harmonet.dicom_port, tmp_path / "phantom", calling_ae="NAPLESSIGNA")
         assert pushed.returncode == 0, pushed.stderr
-        qc = _wait_for(harmonet.data_dir, "study.qc.completed").parsed_data()
-        measured = _wait_for(harmonet.data_dir, "scanner.phantom.measured").parsed_data()
+        qc = wait_for_journal(harmonet.data_dir, "study.qc.completed", timeout=90)[0].parsed_data()
+        measured = wait_for_journal(harmonet.data_dir, "scanner.phantom.measured", timeout=90)[
+            0
+        ].parsed_data()
         sfnr = harmonet.metric_value(
             "harmonet_phantom_metric", site="naples", scanner="naples-signa", metric="sfnr"
         )
         qc_total = harmonet.metric_value("harmonet_qc_series_total", result="measured")
-    assert _wait_for(harmonet.data_dir, "study.compliance.checked")
+    assert wait_for_journal(harmonet.data_dir, "study.compliance.checked", timeout=90)[0]
     assert isinstance(qc, StudyQCCompleted)
     [series] = qc.series
     assert (series.kind, series.status) == ("fbirn", "measured")

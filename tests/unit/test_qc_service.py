@@ -12,7 +12,7 @@ from receiver.ingest import Ingestor
 from receiver.pseudonymise import Pseudonymiser
 from receiver.stability import StabilityMonitor, StudyTracker
 from services.blobstore import FileBlobStore
-from services.bus import Delivery, InMemoryBus
+from services.bus import Delivery
 from services.config import load_config
 from services.events import (
     CloudEvent,
@@ -24,18 +24,7 @@ from services.events import (
 )
 from services.state import InMemoryStateStore
 from services.synthetic import StudySpec, fbirn_phantom, iter_instances, small_study
-
-
-class Recorder(InMemoryBus):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[CloudEvent] = []
-
-    async def publish(self, event: CloudEvent) -> None:
-        self.events.append(event)
-
-    def of(self, routing_key: str) -> list[CloudEvent]:
-        return [e for e in self.events if e.routing_key == routing_key]
+from tests.support.fakes import RecordingBus
 
 
 @pytest.fixture
@@ -60,7 +49,7 @@ async def _received(
     monitor = StabilityMonitor(
         state=state,
         blobs=blobs,
-        bus=Recorder(),
+        bus=RecordingBus(),
         stable_seconds=1,
         source="test",
         clock=lambda: 10.0,
@@ -93,7 +82,7 @@ def _checked(study: StudyReceived, series_type: str) -> CloudEvent:
 
 
 async def test_fbirn_drop_raises_a_stability_alert(blobs: FileBlobStore) -> None:
-    state, bus = InMemoryStateStore(), Recorder()
+    state, bus = InMemoryStateStore(), RecordingBus()
     handler = QCHandler(blobs=blobs, state=state, bus=bus, source="test", baseline_sessions=4)
     for session in range(7):
         signal = 1000.0 if session < 5 else 960.0  # -4% signal with the same noise: SFNR drops
@@ -120,7 +109,7 @@ async def test_fbirn_drop_raises_a_stability_alert(blobs: FileBlobStore) -> None
 
 
 async def test_corrupt_series_is_reported_not_raised(blobs: FileBlobStore) -> None:
-    state, bus = InMemoryStateStore(), Recorder()
+    state, bus = InMemoryStateStore(), RecordingBus()
     study = await _received(
         blobs, state, small_study("qc-corrupt", t1_slices=6, epi_slices=3, epi_volumes=2)
     )

@@ -15,11 +15,11 @@ from receiver.ingest import Ingestor
 from receiver.pseudonymise import Pseudonymiser
 from receiver.stability import PENDING, StabilityMonitor, StudyTracker
 from services.blobstore import BlobStoreError, FileBlobStore, PutResult
-from services.bus import InMemoryBus, PublishError
 from services.config import load_config
-from services.events import CloudEvent, StudyReceived
+from services.events import StudyReceived
 from services.state import InMemoryStateStore, StateError
 from services.synthetic import StudySpec, Subject, iter_instances, small_study
+from tests.support.fakes import RecordingBus
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 KEY = b"k" * 32
@@ -60,18 +60,6 @@ def _push(ingestor: Ingestor, datasets: list[Dataset], ae: str = "MILANPRISMA") 
         ingestor.ingest(copy.deepcopy(ds), scanner=scanner, context_sop_class=MR).outcome
         for ds in datasets
     ]
-
-
-class RecordingBus(InMemoryBus):
-    def __init__(self, *, fail: bool = False) -> None:
-        super().__init__()
-        self.published: list[CloudEvent] = []
-        self.fail = fail
-
-    async def publish(self, event: CloudEvent) -> None:
-        if self.fail:
-            raise PublishError("broker down")
-        self.published.append(event)
 
 
 def _monitor(

@@ -14,7 +14,7 @@ from receiver.ingest import Ingestor
 from receiver.pseudonymise import Pseudonymiser
 from receiver.stability import StabilityMonitor, StudyTracker
 from services.blobstore import FileBlobStore
-from services.bus import Delivery, InMemoryBus
+from services.bus import Delivery
 from services.config import HarmonetConfig, parse_config
 from services.events import (
     CloudEvent,
@@ -32,6 +32,7 @@ from services.synthetic import (
     iter_instances,
     write_study,
 )
+from tests.support.fakes import RecordingBus
 
 CONFIG = """\
 study: TEST
@@ -58,24 +59,12 @@ T1 = SeriesSpec(**{**T1_MPRAGE.__dict__, "slices": 4, "rows": 64, "columns": 64}
 BOLD = SeriesSpec(**{**BOLD_EPI.__dict__, "slices": 3, "volumes": 2})
 
 
-class Recorder(InMemoryBus):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[CloudEvent] = []
-
-    async def publish(self, event: CloudEvent) -> None:
-        self.events.append(event)
-
-    def of(self, routing_key: str) -> list[CloudEvent]:
-        return [e for e in self.events if e.routing_key == routing_key]
-
-
 @dataclasses.dataclass
 class Pipeline:
     config: HarmonetConfig
     blobs: FileBlobStore
     state: InMemoryStateStore
-    bus: Recorder
+    bus: RecordingBus
 
     async def push(self, spec: StudySpec) -> CloudEvent:
         ingestor = Ingestor(
@@ -90,7 +79,7 @@ class Pipeline:
             assert (
                 ingestor.ingest(ds, scanner=scanner, context_sop_class=ds.SOPClassUID).status == 0
             )
-        receiver_bus = Recorder()
+        receiver_bus = RecordingBus()
         monitor = StabilityMonitor(
             state=self.state,
             blobs=self.blobs,
@@ -117,7 +106,7 @@ def pipeline(tmp_path: Path) -> Pipeline:
         parse_config(CONFIG, source="test"),
         FileBlobStore(tmp_path),
         InMemoryStateStore(),
-        Recorder(),
+        RecordingBus(),
     )
 
 
