@@ -98,6 +98,8 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -835,10 +837,33 @@ def _method_codes() -> Sequence:
     return Sequence(items)
 
 
+@functools.cache
+def _method_codes_value(is_implicit_vr: bool) -> bytes:
+    """The De-identification Method Code Sequence's value as pydicom writes it (little
+    endian): a constant, so encoded once rather than built and written per instance."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, is_implicit_vr
+    write_data_element(buffer, _element(0x00120064, "SQ", [_method_codes()]))
+    return buffer.getvalue()[8 if is_implicit_vr else 12:]  # after tag, (VR), length
+
+
+def _method_codes_element(ds: Dataset) -> DataElement | RawDataElement:
+    # As a raw element in the data set's own encoding it is written verbatim (by
+    # receiver.encode and by dcmwrite alike) and parsed like a received one when read.
+    implicit, little_endian = ds.original_encoding
+    if implicit is None or not little_endian:
+        return _element(0x00120064, "SQ", [_method_codes()])
+    value = _method_codes_value(implicit)
+    return RawDataElement(_METHOD_CODES_TAG, "SQ", len(value), value, 0, implicit, True)
+
+
+_METHOD_CODES_TAG: Final = BaseTag(0x00120064)
+
+
 def _mark_deidentified(ds: Dataset) -> None:
     _put(ds, 0x00120062, "CS", ["YES"])
     _put(ds, 0x00120063, "LO", list(DEIDENTIFICATION_METHOD))
-    _put(ds, 0x00120064, "SQ", [_method_codes()])
+    ds[_METHOD_CODES_TAG] = _method_codes_element(ds)
     _put(ds, 0x00280303, "CS", ["MODIFIED"])
 
 

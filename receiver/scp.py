@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -136,6 +141,19 @@ def _on_echo(event: Any) -> int:
     return status.SUCCESS
 
 
+def _file_meta(transfer_syntax: str) -> FileMetaDataset:
+    """Only what ingest reads: it writes its own normalised file meta (pynetdicom's
+    `event.file_meta` builds five more elements per instance that nothing uses)."""
+    meta = FileMetaDataset()
+    meta[_TRANSFER_SYNTAX_UID] = DataElement(
+        _TRANSFER_SYNTAX_UID, "UI", UID(transfer_syntax), validation_mode=config.IGNORE
+    )
+    return meta
+
+
+_TRANSFER_SYNTAX_UID = BaseTag(0x00020010)
+
+
 def _on_store(event: Any, config: HarmonetConfig, ingestor: Ingestor) -> int:
     calling = str(event.assoc.requestor.ae_title).strip()
     scanner: ScannerRef | None = config.scanner_for_ae(calling)
@@ -143,7 +161,7 @@ def _on_store(event: Any, config: HarmonetConfig, ingestor: Ingestor) -> int:
         return status.CANNOT_UNDERSTAND
     try:
         ds = event.dataset
-        ds.file_meta = event.file_meta
+        ds.file_meta = _file_meta(str(event.context.transfer_syntax))
     except Exception as exc:  # a PDU stream pynetdicom cannot decode into a dataset
         log.warning("undecodable C-STORE dataset", extra={"error": type(exc).__name__})
         metrics.RECEIVER_REJECTED.labels(reason="undecodable").inc()

@@ -20,14 +20,17 @@ REPO = Path(__file__).resolve().parents[2]
 PEERS = ("storescp", "bare", "bare-tuned", "harmonet")
 RESULT = re.compile(
     r"^RESULT peer=(?P<peer>\S+) senders=(?P<senders>\d+) instances=(?P<instances>\d+) "
-    r"stored=(?P<stored>-?\d+) seconds=\S+ rate=(?P<rate>[\d.]+)/s", re.MULTILINE)
+    r"stored=(?P<stored>-?\d+) seconds=\S+ rate=(?P<rate>[\d.]+)/s",
+    re.MULTILINE,
+)
 
 
 def _can_unshare() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare (util-linux) not installed"
-    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True,
-                           check=False)
+    probe = subprocess.run(
+        ["unshare", "--net", "true"], capture_output=True, text=True, check=False
+    )
     if probe.returncode != 0:
         return f"cannot create a network namespace: {probe.stderr.strip()}"
     return None
@@ -41,10 +44,24 @@ def test_quick_benchmark_stores_everything(tmp_path: Path) -> None:
         skip_or_fail(reason)
 
     done = subprocess.run(
-        [sys.executable, "benchmarks/ingest.py", "--quick", "--senders", "2",
-         "--peers", ",".join(PEERS), "--scratch", str(tmp_path),
-         "--json", str(tmp_path / "results.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "benchmarks/ingest.py",
+            "--quick",
+            "--senders",
+            "2",
+            "--peers",
+            ",".join(PEERS),
+            "--scratch",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "results.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     output = done.stdout + done.stderr
