@@ -37,7 +37,8 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, all_values: np.
                         probs: tuple[float, ...]) -> list[float]:
     """statsmodels' DescrStatsW.quantile (SAS definition): weights summed over tied values;
     an exact hit of the cumulative weight averages with the next value of the *whole* data
-    (zero-weight values included, as in MRIQC's call). Values are integers (rounded)."""
+    (zero-weight values included, as in MRIQC's call). `values` are integers (rounded);
+    `all_values` is the unrounded data, rounded here only on such a hit."""
     low, high = float(values.min()), float(values.max())
     if high - low < 5e7:  # integer values: group ties by counting, O(n) instead of a sort
         offsets = (values - low).astype(np.int64)
@@ -54,7 +55,8 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, all_values: np.
         index = min(int(np.searchsorted(cweights, target)), len(unique) - 1)
         result = float(unique[index])
         if abs(target - cweights[index]) < 1e-10:
-            above = all_values[all_values > unique[index]]
+            rounded = np.round(all_values, 0)
+            above = rounded[rounded > unique[index]]
             if above.size:
                 result = (result + float(above.min())) / 2
         out.append(result)
@@ -63,14 +65,17 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, all_values: np.
 
 def tissue_stats(data: np.ndarray, weights: np.ndarray, *, decimals: int = 4) -> TissueStats:
     """MRIQC's `summary_stats` for one probability (or binary) map."""
-    rounded = np.round(data.reshape(-1), 0)
-    w = np.round(weights.astype(np.float32).reshape(-1), 3).astype(np.float64)
+    # Only voxels of nonzero weight count: select them before rounding (a tissue map
+    # covers a few % of the grid); the whole rounded image is only needed on a tie.
+    flat = data.reshape(-1)
+    nonzero = np.flatnonzero(weights.reshape(-1))
+    w = np.round(weights.reshape(-1)[nonzero].astype(np.float32), 3).astype(np.float64)
     keep = w > 0
-    values, w_kept = rounded[keep], w[keep]
+    values, w_kept = np.round(flat[nonzero[keep]], 0), w[keep]
     total = float(w.sum())
     mean = float((w_kept * values).sum() / total)
     std = math.sqrt(float((w_kept * (values - mean) ** 2).sum()) / total)
-    p05, median, p95 = _weighted_quantiles(values, w_kept, rounded, (0.05, 0.5, 0.95))
+    p05, median, p95 = _weighted_quantiles(values, w_kept, flat, (0.05, 0.5, 0.95))
     thresholded = data[weights > 0.5 * weights.max()]
     mad = float(np.median(np.abs(thresholded - median)) / GAUSSIAN_3_4)
     return TissueStats(
