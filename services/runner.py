@@ -84,9 +84,11 @@ async def run_services(services: Sequence[Service], context: Context) -> None:
     log.info("services started", extra={"services": [s.name for s in services]})
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        for task in done - {stopper}:
+            failure = task.exception()
+            if failure is not None:
+                raise failure
+            log.error("service returned", extra={"service": task.get_name()})
     finally:
         for task in [*tasks, stopper]:
             task.cancel()
