@@ -623,10 +623,32 @@ class SharedListenerAssociationServer(ThreadedAssociationServer):
     connection to a fixed process and can give one process three of four. The
     socket is non-blocking here: every worker's poll() wakes for a connection,
     one accept() wins and the others return to serving instead of waiting in
-    accept().
+    accept(). Left to that race, one worker often won all 4 of 4 concurrent
+    associations (benchmarks/ingest.py, 2 workers: 4/0 or 3/1 in 5 of 6 runs), so a
+    worker serving N associations waits N x ACCEPT_DEFER_PER_ASSOCIATION_S before it
+    accepts, and only if no less busy worker has taken the connection by then.
     """
 
     listener: socket.socket | None = None  # set on a per-socket subclass
+
+    def _handle_request_noblock(self) -> None:
+        # The listener is readable in every worker at once. A worker already serving
+        # associations lets the others (waiting less the fewer they serve) take the
+        # connection first, and accepts it itself only if it is still waiting then: the
+        # GIL makes a process's associations share one core, so 3 of 4 in one worker
+        # leave the other core half idle.
+        busy = len(self.active_associations)
+        if busy:
+            time.sleep(min(busy * ACCEPT_DEFER_PER_ASSOCIATION_S, ACCEPT_DEFER_MAX_S))
+            if not _readable(cast(socket.socket, self.socket)):
+                return  # another worker took it
+        super()._handle_request_noblock()  # type: ignore[misc]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Start the association from this thread rather than from a short-lived thread
+        # of its own (it only creates the Association and starts its thread), so it is
+        # in `active_associations` before the next connection is considered.
+        self.process_request_thread(request, client_address)
 
     def server_bind(self) -> None:
         listener = type(self).listener
@@ -642,6 +664,19 @@ class SharedListenerAssociationServer(ThreadedAssociationServer):
     def server_close(self) -> None:
         # close, never shutdown(): that would stop the listener in every worker.
         cast(socket.socket, self.socket).close()
+
+
+# How long a worker serving N associations lets the other workers take a new
+# connection first: N times this, at most ACCEPT_DEFER_MAX_S.
+ACCEPT_DEFER_PER_ASSOCIATION_S = 0.05
+ACCEPT_DEFER_MAX_S = 0.25
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed under us: let the accept find out
+        return True
 
 
 _shared_listeners: dict[int, socket.socket] = {}
