@@ -297,7 +297,7 @@ def harmonet_peer(work: Path, *, senders: int, workers: int, stock: bool = False
             try:
                 env["HARMONET_REDIS_URL"] = stack.enter_context(redis_server(work))
                 env["HARMONET_RECEIVER_WORKERS"] = str(workers)
-                note = f"{workers} processes (SO_REUSEPORT), private Redis"
+                note = f"{workers} processes on one shared socket, private Redis"
             except FileNotFoundError:
                 note = "1 process: no redis-server for more"
         command = ["-c", _STOCK_RECEIVER] if stock else ["-m", "services.cli", "receiver"]

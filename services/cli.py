@@ -149,6 +149,7 @@ def _run_receiver_workers(workers: int) -> int:
     One listening socket shared by every worker (rather than one SO_REUSEPORT socket
     each) lets whichever worker is idle take the next association: the kernel's
     SO_REUSEPORT hash split 4 associations over 2 workers evenly only a third of the time.
+    A busy worker also waits before accepting (receiver/tuning.py), so an idle one wins.
     """
     settings = Settings()
     if settings.redis_url is None:
