@@ -87,22 +87,26 @@ def _reset(args: argparse.Namespace) -> int:
     from qc_service import control_chart
     from qc_service.app import chart_key
     from services.settings import Settings
-    from services.state import make_state
+    from services.state import StateError, make_state
 
     settings = Settings()
-    if settings.redis_url is None:
-        print("reset-baseline needs HARMONET_REDIS_URL (the charts live in Redis)", file=sys.stderr)
-        return 2
-    state = make_state(redis_url=settings.redis_url, prefix=settings.state_prefix)
-    metrics = [args.metric] if args.metric else _known_metrics(state, args.site, args.scanner)
-    for metric in metrics:
-        key = chart_key(args.site, args.scanner, metric)
-        raw = state.get(key)
-        if raw is not None:
-            fresh = control_chart.reset(control_chart.ChartState.from_json(raw.decode()))
-            state.set(key, fresh.to_json().encode())
-            print(f"baseline reset: {args.site}/{args.scanner}/{metric}")
-    state.close()
+    try:  # Redis, or the embedded state file while `harmonet up` is stopped
+        state = make_state(redis_url=settings.redis_url, prefix=settings.state_prefix,
+                           path=settings.embedded_state_path)
+    except StateError as exc:
+        print(f"qc reset-baseline: {exc}", file=sys.stderr)
+        return 1
+    try:
+        metrics = [args.metric] if args.metric else _known_metrics(state, args.site, args.scanner)
+        for metric in metrics:
+            key = chart_key(args.site, args.scanner, metric)
+            raw = state.get(key)
+            if raw is not None:
+                fresh = control_chart.reset(control_chart.ChartState.from_json(raw.decode()))
+                state.set(key, fresh.to_json().encode())
+                print(f"baseline reset: {args.site}/{args.scanner}/{metric}")
+    finally:
+        state.close()
     return 0
 
 

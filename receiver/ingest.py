@@ -8,6 +8,7 @@ the scanner sends the instance again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from dataclasses import dataclass
@@ -75,7 +76,11 @@ class Ingestor:
         except (BlobStoreError, StateError) as exc:
             log.error("storage unavailable", extra={"error": str(exc)})
             metrics.RECEIVER_REJECTED.labels(reason="storage_unavailable").inc()
+            if isinstance(exc, BlobStoreError):
+                _storage_readiness.failed(exc)
             return IngestResult(status.OUT_OF_RESOURCES, "unavailable", message=str(exc))
+        if result.outcome != "duplicate":  # a duplicate wrote nothing: proves no space
+            _storage_readiness.stored()
         metrics.STAGE_DURATION.labels(stage="receiver_store").observe(
             time.perf_counter() - started
         )
@@ -123,6 +128,32 @@ class Ingestor:
         metrics.RECEIVER_INSTANCES_STORED.labels(site=site, scanner=scanner_id).inc()
         metrics.RECEIVER_BYTES_STORED.labels(site=site, scanner=scanner_id).inc(len(encoded))
         return IngestResult(status.SUCCESS, "stored", key=key)
+
+
+class _StorageReadiness:
+    """`/readyz` fails while the blob store refuses writes (disk full, read-only, I/O
+    error) and recovers with the next instance stored; the flag spares the hot path a
+    lock per instance."""
+
+    COMPONENT = "receiver_storage"
+
+    def __init__(self) -> None:
+        self._failing = False
+
+    def failed(self, exc: BlobStoreError) -> None:
+        self._failing = True
+        cause = exc.__cause__
+        code = getattr(cause, "errno", None) if cause is not None else None
+        reason = errno.errorcode.get(code or 0, "EIO")
+        metrics.set_ready(self.COMPONENT, False, f"blob store refuses writes ({reason})")
+
+    def stored(self) -> None:
+        if self._failing:
+            self._failing = False
+            metrics.set_ready(self.COMPONENT, True)
+
+
+_storage_readiness = _StorageReadiness()
 
 
 def _normalised_file_meta(ds: Dataset) -> FileMetaDataset:

@@ -51,6 +51,14 @@ Decisions
       Number and anything that parses as a calendar date are cut out. Everything else
       Clean Descriptors would clean (comments, histories, reasons, diagnoses, Request
       Attributes Sequence, RT labels) is removed as the Basic Profile says.
+    * Identifiers copied into kept free text: every other LO/SH/ST/LT/UT/UC value the
+      profile keeps (e.g. Acquisition Device Processing Description, Code Meaning, Study
+      Comments a console fills in) has the patient's name components, IDs and Accession
+      Number cut out like a descriptor's (dates are left alone there). The Basic Profile
+      keeps them as carrying no identity; an operator typing the patient's name into
+      one makes them carry it (found by the marker audit in tests/faults). Attributes
+      the Retain Device Identity and Patient Characteristics options keep are not
+      touched.
     * Patient module (group 0010): besides the table, any attribute not known to be
       harmless is removed, which also covers ones the library's list lacks (e.g.
       Patient's Birth Date in Alternative Calendar).
@@ -136,11 +144,12 @@ class Action(enum.Enum):
     SHIFT = "shift"
     SUBJECT = "subject"
     RECURSE = "K(SQ)"  # keep the sequence, apply the profile to its items
+    SCRUB = "K(text)"  # keep free text, without the patient's identifiers in it
 
 
 # Bumped only when a change to this module changes its output: a re-sent instance must
 # encode to the same bytes across HarmoNet upgrades, or the store would quarantine it.
-PROFILE_VERSION: Final = "1"
+PROFILE_VERSION: Final = "2"  # 2: identifiers scrubbed from kept free text
 
 
 # PS3.16 CID 7050 De-identification Method.
@@ -346,7 +355,7 @@ def action_for(tag: int) -> Action:
     if vr == "TM":
         return Action.KEEP
     if tag in _BASIC:
-        return _resolve(_BASIC[tag], vr)
+        return _scrubbed(_resolve(_BASIC[tag], vr), vr)
     if group == 0x0010 and tag not in _PATIENT_MODULE_KEPT:
         return Action.REMOVE
     if vr is None:
@@ -357,7 +366,14 @@ def action_for(tag: int) -> Action:
         keyword = keyword_for_tag(tag)
         kept = "Class" in keyword or "TransferSyntax" in keyword or keyword in _UID_KEYWORDS_KEPT
         return Action.KEEP if kept else Action.UID_OUTSIDE_DICOM_ROOT
-    return Action.RECURSE if vr == "SQ" else Action.KEEP
+    return Action.RECURSE if vr == "SQ" else _scrubbed(Action.KEEP, vr)
+
+
+_FREE_TEXT_VRS: Final = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+
+
+def _scrubbed(action: Action, vr: str | None) -> Action:
+    return Action.SCRUB if action is Action.KEEP and vr in _FREE_TEXT_VRS else action
 
 
 @dataclass(frozen=True)
@@ -654,6 +670,14 @@ def _clean(ds: Dataset, tag: int, run: _Run) -> None:
         _put(ds, tag, vr, [cleaner(v) for v in values])
 
 
+def _scrub(ds: Dataset, tag: int, run: _Run) -> None:
+    vr, values = _read(ds, tag)
+    if values and run.identifiers:
+        scrubbed = [_scrubber(run.identifiers)(v) for v in values]
+        if scrubbed != values:  # rewrite only what changed: the bytes of the rest stay
+            _put(ds, tag, vr, scrubbed)
+
+
 def _shift(ds: Dataset, tag: int, run: _Run) -> None:
     vr, values = _read(ds, tag)
     shift = {"DA": _shift_da, "DT": _shift_dt}.get(vr)
@@ -672,6 +696,7 @@ _APPLY: Final[Mapping[Action, Callable[[Dataset, int, _Run], None]]] = {
     Action.SUBJECT: _subject,
     Action.RECURSE: _recurse,
     Action.CLEAN: _clean,
+    Action.SCRUB: _scrub,
     Action.SHIFT: _shift,
 }
 
@@ -810,11 +835,27 @@ def _valid(year: str, month: str, day: str) -> bool:
     return 1900 <= y <= 2100
 
 
+def _identifier_pattern(identifiers: tuple[str, ...]) -> re.Pattern[str] | None:
+    names = sorted((re.escape(i) for i in identifiers if i), key=len, reverse=True)
+    return (re.compile(r"[ ^_\-.,;:/]*(?<![A-Za-z0-9])(?:" + "|".join(names)
+                       + r")(?![A-Za-z0-9])", re.IGNORECASE) if names else None)
+
+
+@functools.lru_cache(maxsize=256)
+def _scrubber(identifiers: tuple[str, ...]) -> Callable[[str], str]:
+    pattern = _identifier_pattern(identifiers)
+
+    def scrub(text: str) -> str:
+        if pattern is None or not pattern.search(text):
+            return text
+        return re.sub(r"\s{2,}", " ", pattern.sub("", text)).strip(_SEPARATORS)
+
+    return scrub
+
+
 @functools.lru_cache(maxsize=256)
 def _cleaner(identifiers: tuple[str, ...]) -> Callable[[str], str]:
-    names = sorted((re.escape(i) for i in identifiers if i), key=len, reverse=True)
-    pattern = (re.compile(r"[ ^_\-.,;:/]*(?<![A-Za-z0-9])(?:" + "|".join(names)
-                          + r")(?![A-Za-z0-9])", re.IGNORECASE) if names else None)
+    pattern = _identifier_pattern(identifiers)
 
     def clean(text: str) -> str:
         if pattern is not None:

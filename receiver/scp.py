@@ -7,7 +7,10 @@ host that scanner does not list, is rejected before negotiation.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from receiver import status
 from receiver.ingest import Ingestor
@@ -43,9 +47,16 @@ class ScpOptions:
     reuse_port: bool = False
 
 
+# The largest PDU the receiver takes, advertised as its Maximum Length Receive. pynetdicom
+# reads a whole PDU into memory before decoding it, so with "no limit" (0) one connection,
+# before its AE title is even checked, could make the receiver buffer the 4 GiB a PDU
+# length field allows. 4 MiB still carries any 2D slice in one P-DATA PDU.
+MAX_PDU_BYTES = 4 * 1024 * 1024
+
+
 def make_ae(ae_title: str) -> AE:
     ae = AE(ae_title=ae_title)
-    ae.maximum_pdu_size = 0  # no limit: fewer P-DATA fragments per instance
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.maximum_associations = 64
     ae.network_timeout = 60
     ae.dimse_timeout = 60
@@ -73,6 +84,7 @@ def start_scp(
 ) -> ThreadedAssociationServer:
     """Start serving in background threads; call `.shutdown()` on the result to stop."""
     apply_low_latency_patches()
+    _harden_pdu_reads()
     ae = make_ae(options.ae_title)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, _on_requested, [config]),
@@ -99,6 +111,47 @@ def start_scp(
         },
     )
     return server
+
+
+def _harden_pdu_reads() -> None:
+    """Two guards on how pynetdicom reads PDUs, installed once per process.
+
+    * A PDU longer than MAX_PDU_BYTES is refused: the DUL reads the 6-byte header, then
+      asks the socket for the declared length in one `recv`; an error there closes the
+      connection (pynetdicom's "closed before the entire PDU was received", Evt17).
+    * After an unknown or undecodable PDU (Evt19) the DUL would read on before it acts
+      on the event, blocking in `recv` on whatever the peer sent next (garbage, an HTTP
+      request) until the network timeout; we stop reading instead (EOF, Evt17), so the
+      peer gets its A-ABORT and the connection closes at once. Plain TCP only: shutting
+      down a TLS socket's read side would also end its TLS session.
+    """
+    if getattr(AssociationSocket.recv, "_harmonet_bounded", False):
+        return
+    unbounded_recv = AssociationSocket.recv
+    read_pdu = DULServiceProvider._read_pdu_data
+
+    def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_PDU_BYTES:
+            log.warning(
+                "PDU longer than the limit; closing the connection",
+                extra={"declared_bytes": nr_bytes, "limit_bytes": MAX_PDU_BYTES},
+            )
+            metrics.RECEIVER_REJECTED.labels(reason="pdu_too_large").inc()
+            raise OSError(errno.EMSGSIZE, f"peer declared a {nr_bytes}-byte PDU")
+        return unbounded_recv(self, nr_bytes)
+
+    def read_pdu_data(self: DULServiceProvider) -> None:
+        read_pdu(self)
+        pending = self.event_queue.queue
+        raw = getattr(self.socket, "socket", None)
+        if pending and pending[-1] == "Evt19" and type(raw) is socket.socket:
+            metrics.RECEIVER_REJECTED.labels(reason="invalid_pdu").inc()
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RD)
+
+    recv._harmonet_bounded = True  # type: ignore[attr-defined]
+    AssociationSocket.recv = recv  # type: ignore[method-assign]
+    DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
 
 
 def _on_requested(event: Any, config: HarmonetConfig) -> None:

@@ -196,6 +196,7 @@ class StabilityMonitor:
                 return None
             self._publish_backoff = 0.0
             metrics.STUDIES_RECEIVED.labels(site=meta.site, scanner=meta.scanner).inc()
+            metrics.SCANNER_LAST_STUDY.labels(site=meta.site, scanner=meta.scanner).set(time.time())
             await asyncio.to_thread(
                 self._state.hset,
                 _published_key(study_uid),

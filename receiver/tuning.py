@@ -330,7 +330,7 @@ def _association_main(self: Association) -> None:
         self._dul_ready.wait()
 
     if self.is_acceptor:
-        primitive = self.dul.receive_pdu(wait=True, timeout=self.acse_timeout)
+        primitive = _wait_for_association_request(self)
 
         if primitive is None:
             self.kill()
@@ -367,6 +367,27 @@ def _association_main(self: Association) -> None:
         if self.is_established:
             with set_timer_resolution(self._timer_resolution):
                 self._run_reactor()
+
+
+def _wait_for_association_request(self: Association) -> Any:
+    """The peer's A-ASSOCIATE-RQ primitive, or None after the ACSE timeout - or as soon as
+    the transport closed without one (the DUL fell back to Sta1: garbage, an HTTP
+    request, a PDU over the size limit). pynetdicom waits the whole timeout either way,
+    holding one of the `maximum_associations` slots, so a burst of bad connections
+    would lock scanners out for `acse_timeout` seconds."""
+    deadline = None if self.acse_timeout is None else time.monotonic() + self.acse_timeout
+    opened = False
+    while True:
+        primitive: Any = self.dul.receive_pdu(wait=True, timeout=0.05)
+        if primitive is not None:
+            return primitive
+        state = self.dul.state_machine.current_state
+        if state != "Sta1":
+            opened = True
+        elif opened or not self.dul.is_alive():
+            return None
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
 
 
 def _association_run_reactor(self: Association) -> None:

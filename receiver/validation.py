@@ -10,6 +10,10 @@ from pydicom.uid import UID
 from receiver import status
 
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# MR, Enhanced MR, MR Spectroscopy, Enhanced MR Color, Legacy Converted Enhanced MR: their
+# IODs fix Modality to MR. A CT, PET, ... image relabelled as MR is refused, not stored.
+_MR_SOP_CLASSES = frozenset(f"1.2.840.10008.5.1.4.1.1.4{suffix}"
+                            for suffix in ("", ".1", ".2", ".3", ".4"))
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,13 @@ def validate_instance(
             "sop_class_mismatch",
             f"SOPClassUID {ds.SOPClassUID} differs from the presentation context's "
             f"{context_sop_class}",
+        )
+    modality = str(ds.get("Modality", "") or "")
+    if ds.SOPClassUID in _MR_SOP_CLASSES and modality not in ("", "MR"):
+        return Rejection(
+            status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "modality_mismatch",
+            f"Modality {modality[:16]!r} in an MR storage SOP class instance",
         )
     if affected_sop_instance and ds.SOPInstanceUID != affected_sop_instance:
         return Rejection(

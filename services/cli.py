@@ -136,7 +136,7 @@ def _run(names: list[str], *, bus_name: str, serve_metrics: bool = True) -> int:
         print(f"service(s) not installed in this build: {', '.join(missing)}", file=sys.stderr)
         return 2
     if serve_metrics:
-        metrics.serve_metrics(settings.metrics_port)
+        metrics.serve_metrics(settings.metrics_port, data_dir=settings.data_dir)
     context = build_context(settings, config, bus_name=bus_name)
     log.info("starting", extra={"services": names, "data_dir": str(settings.data_dir)})
     asyncio.run(run_services([available[n] for n in names], context))
@@ -164,7 +164,7 @@ def _run_receiver_workers(workers: int) -> int:
 
         listener = stack.enter_context(_listening_socket(settings.dicom_host,
                                                          settings.dicom_port))
-        metrics.serve_metrics(settings.metrics_port)
+        metrics.serve_metrics(settings.metrics_port, data_dir=settings.data_dir)
         spawn = multiprocessing.get_context("spawn")
         children = [spawn.Process(target=_receiver_worker, args=(listener,),
                                   name=f"receiver-{i}")

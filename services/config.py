@@ -86,6 +86,9 @@ class SeriesRule(_Model):
     match: dict[str, str] = Field(default_factory=dict)
     severity: Literal["exclude", "warning"] = "exclude"
     expect: dict[str, Expectation] = Field(default_factory=dict)
+    required: bool = Field(
+        default=False, description="every (non-phantom) visit must contain this series type"
+    )
 
     @field_validator("match")
     @classmethod

@@ -62,13 +62,21 @@ def build_context(settings: Settings, config: HarmonetConfig, *, bus_name: str) 
             prefetch=settings.bus_prefetch,
             name=bus_name,
         ),
-        state=make_state(redis_url=settings.redis_url, prefix=settings.state_prefix),
+        state=make_state(redis_url=settings.redis_url, prefix=settings.state_prefix,
+                      path=settings.embedded_state_path),
         blobs=FileBlobStore(settings.data_dir),
     )
 
 
-async def run_services(services: Sequence[Service], context: Context) -> None:
-    """Run `services` until SIGINT/SIGTERM or until one of them fails."""
+async def run_services(
+    services: Sequence[Service], context: Context, *, max_backoff_seconds: float = 60.0
+) -> None:
+    """Run `services` until SIGINT/SIGTERM.
+
+    A service that fails (or returns) is logged, reported not ready and started again after
+    a growing pause, so one failing consumer - a full disk under the registry's database, a
+    bug on one message type - never takes the receiver of the same process down with it.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -79,22 +87,48 @@ async def run_services(services: Sequence[Service], context: Context) -> None:
         # A dead broker must not stop the receiver from storing studies: publishes retry
         # (the study stays pending) and a consumer's subscribe fails, restarting it.
         log.error("bus unreachable at start; retrying on use", extra={"error": str(exc)})
-    tasks = [asyncio.create_task(s.run(context), name=s.name) for s in services]
-    stopper = asyncio.create_task(stop.wait(), name="stop")
+    tasks = [asyncio.create_task(_supervised(s, context, max_backoff_seconds), name=s.name)
+             for s in services]
     log.info("services started", extra={"services": [s.name for s in services]})
     try:
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in done - {stopper}:
-            failure = task.exception()
-            if failure is not None:
-                raise failure
-            log.error("service returned", extra={"service": task.get_name()})
+        await stop.wait()
     finally:
-        for task in [*tasks, stopper]:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, stopper, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await context.bus.close()
         context.state.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         log.info("services stopped")
+
+
+async def _supervised(service: Service, context: Context, max_backoff_seconds: float) -> None:
+    from services import metrics
+
+    component = f"service_{service.name}"
+    first_pause = min(1.0, max_backoff_seconds)
+    backoff = first_pause
+    while True:
+        started = loop_time()
+        try:
+            await service.run(context)
+            reason = "returned"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.exception("service failed; restarting it", extra={
+                "service": service.name, "retry_in_seconds": backoff})
+        else:
+            log.error("service returned; restarting it", extra={"service": service.name})
+        metrics.set_ready(component, False, reason[:200])
+        if loop_time() - started > 5 * max_backoff_seconds:
+            backoff = first_pause  # it ran fine for a long while: this is a new failure
+        await asyncio.sleep(backoff)
+        backoff = min(max_backoff_seconds, backoff * 2)
+        metrics.set_ready(component, True)
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

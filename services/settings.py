@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,18 @@ class Settings(BaseSettings):
     # Bus: deliveries of one message before it is dead-lettered, and consumer prefetch.
     bus_max_attempts: int = Field(default=5, ge=1)
     bus_prefetch: int = Field(default=16, ge=1)
+    # Registry: API bind address, hours after which a study still missing a series its
+    # protocol requires is flagged, and the default clinical data dictionary (YAML or CSV).
+    api_host: str = "0.0.0.0"
+    missing_scan_hours: float = Field(default=24.0, gt=0)
+    clinical_dictionary: Path | None = None
+    # Harmonization: what a batch is, and how many scans an unseen batch needs before its
+    # location/scale are estimated (until then its studies are `pending`).
+    harmonize_batch: Literal["site", "scanner", "scanner_epoch"] = "site"
+    harmonize_min_site_scans: int = Field(default=25, ge=2)
+    # T1w intensity standardisation written as NIfTI: nyul (once a model is installed),
+    # whitestripe (per image, no model) or off.
+    harmonize_intensity: Literal["nyul", "whitestripe", "off"] = "nyul"
 
     @field_validator("ae_title")
     @classmethod
@@ -60,6 +73,11 @@ class Settings(BaseSettings):
             if raw.lower() in _PLACEHOLDER_SECRETS or len(raw) < 16:
                 raise ValueError("pseudonym key is a placeholder or shorter than 16 characters")
         return value
+
+    @property
+    def embedded_state_path(self) -> Path:
+        """The journal of the embedded state store (used when HARMONET_REDIS_URL is unset)."""
+        return self.data_dir / "state" / "state.jsonl"
 
     @property
     def config_path(self) -> Path | None:

@@ -50,6 +50,19 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(autouse=True)
+def _readiness_restored() -> Iterator[None]:
+    """Readiness is process-global (`services.metrics.set_ready`): a test that makes the
+    in-process receiver refuse a write must not leave /readyz failing for the next one."""
+    yield
+    import sys
+
+    metrics = sys.modules.get("services.metrics")
+    if metrics is not None:
+        for component in list(metrics.not_ready()):
+            metrics.set_ready(component, True)
+
+
 # --- RabbitMQ ---------------------------------------------------------------------
 
 

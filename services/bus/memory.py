@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -183,6 +184,7 @@ class InMemoryBus:
             return
         delivery = Delivery(event=event, attempt=message.attempt, routing_key=message.routing_key)
         consumed = metrics.EVENTS_CONSUMED.labels
+        started = time.perf_counter()
         try:
             await handler(delivery)
         except RetryableError as exc:
@@ -198,6 +200,7 @@ class InMemoryBus:
             self._dead_letter(queue, message, event, failure_reason(exc))
         else:
             consumed(service=queue.name, type=event.type, result="ok").inc()
+            metrics.STAGE_DURATION.labels(stage=queue.name).observe(time.perf_counter() - started)
 
     def _dead_letter(
         self, queue: _Queue, message: _Message, event: CloudEvent | None, reason: str

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -261,6 +262,7 @@ class RabbitMQBus:
             await self._dead_letter(queue, message, attempt, invalid_body_reason(exc))
             return
         consumed = metrics.EVENTS_CONSUMED.labels
+        started = time.perf_counter()
         try:
             await handler(Delivery(event=event, attempt=attempt, routing_key=routing_key))
         except RetryableError as exc:
@@ -276,6 +278,7 @@ class RabbitMQBus:
             await self._dead_letter(queue, message, attempt, failure_reason(exc))
         else:
             consumed(service=queue, type=event.type, result="ok").inc()
+            metrics.STAGE_DURATION.labels(stage=queue).observe(time.perf_counter() - started)
             await _settle(message.ack(), queue)
 
     async def _retry(self, queue: str, message: AbstractIncomingMessage, attempt: int) -> None:

@@ -36,7 +36,8 @@ class InMemoryStateStore:
     def __init__(self, prefix: str = "harmonet:") -> None:
         self._prefix = prefix
         self._entries: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
+        # Re-entrant: the file-backed subclass journals inside the same critical section.
+        self._lock = threading.RLock()
 
     def ping(self) -> None:
         return None

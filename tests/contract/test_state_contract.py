@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from services.state import InMemoryStateStore, StateError, StateStore, make_state
+from services.state.file import FileStateStore
 from services.state.redis import RedisStateStore
 
 StoreFactory = Callable[[str], StateStore]
 
 BACKENDS = [
     pytest.param("memory", id="memory"),
+    pytest.param("file", id="file"),
     pytest.param("redis", id="redis", marks=pytest.mark.integration),
 ]
 
@@ -28,6 +30,16 @@ def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
 
         def factory(prefix: str) -> StateStore:
             return shared.setdefault(prefix, InMemoryStateStore(prefix=prefix))
+    elif request.param == "file":
+        directory = request.getfixturevalue("tmp_path")
+        journalled: dict[str, StateStore] = {}
+
+        def factory(prefix: str) -> StateStore:
+            if prefix not in journalled:
+                journalled[prefix] = FileStateStore(directory / f"{len(journalled)}.jsonl",
+                                                    prefix=prefix)
+                stores.append(journalled[prefix])
+            return journalled[prefix]
     else:
         url, session_prefix = (
             request.getfixturevalue("redis_url"),

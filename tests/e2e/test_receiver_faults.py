@@ -158,7 +158,9 @@ def test_full_disk_answers_out_of_resources(
 ) -> None:
     spec = small_study("faults-disk", t1_slices=40, epi_slices=1, epi_volumes=1)
     instances = list(iter_instances(spec))
-    with run_harmonet("up", tiny_disk / "data", env=config_env) as harmonet:
+    # the registry's database elsewhere: this 128 KiB volume is for the receiver's blobs
+    env = {**config_env, "HARMONET_DATABASE_URL": f"sqlite:///{tmp_path}/registry.sqlite3"}
+    with run_harmonet("up", tiny_disk / "data", env=env) as harmonet:
         statuses = _store(harmonet.dicom_port, instances)
         assert statuses[0] == status.SUCCESS
         assert status.OUT_OF_RESOURCES in statuses

@@ -81,7 +81,8 @@ async def test_study_compliance_checked_on_rabbitmq(
             series_total = "harmonet_compliance_series_total"
             for verdict in ("compliant", "deviant", "unrecognized"):
                 labels = {"site": "milan", "scanner": "milan-prisma", "result": verdict}
-                assert compliance.metric_value(series_total, **labels) == 1
+                counted = await asyncio.to_thread(compliance.wait_metric, series_total, 1, **labels)
+                assert counted == 1
     finally:
         await connection.close()
     event = CloudEvent.from_json(message.body)

@@ -85,6 +85,21 @@ class HarmonetProcess:
                 total += float(value)
         return total
 
+    def wait_metric(
+        self, name: str, expected: float, *, timeout: float = 15.0, **labels: str
+    ) -> float:
+        """`metric_value` once it equals `expected`, or its last value after `timeout` s.
+
+        A service may publish its event a moment before it counts what it did, and the
+        subscriber of a test can see that event first: poll rather than read once.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.metric_value(name, **labels)
+            if value == expected or time.monotonic() > deadline:
+                return value
+            time.sleep(0.1)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
