@@ -20,19 +20,25 @@ Documented handling of degenerate data (never a silent NaN):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-Array = NDArray[np.float64]
+from harmonize_service.empirical_bayes import (
+    NotConverged,
+    inverse_gamma_priors,
+    nonparametric,
+    parametric,
+)
+from harmonize_service.splines import SplineRangeError, SplineTerm
 
-# Johnson et al. 2007 / neuroCombat `it_sol`: relative change below which the EB solver stops.
-CONVERGENCE = 1e-4
-MAX_ITERATIONS = 10_000
+Array = NDArray[np.float64]
+# (design, data) -> coefficients (n_design_columns, n_features): OLS, or penalised for GAM.
+BetaSolver = Callable[[Array, Array], Array]
+
 
 
 class CombatError(ValueError):
@@ -68,18 +74,32 @@ class CombatModel:
     a_prior: Array  # (n_batch,) nan when not estimated (mean_only / non-EB)
     b_prior: Array  # (n_batch,)
     batch_column: str = "batch"  # the table column that names the batch (CLI tables)
+    # ComBat-GAM: smooth covariates (B-spline bases in the design) and each feature's
+    # selected penalty weight; empty for linear ComBat.
+    smooth_terms: tuple[SplineTerm, ...] = ()
+    smooth_penalty: Array = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         # Frozen means frozen: a fitted model's arrays cannot be edited in place.
-        for field in fields(self):
-            value = getattr(self, field.name)
+        for item in fields(self):
+            value = getattr(self, item.name)
             if isinstance(value, np.ndarray):
                 value.setflags(write=False)
 
     @property
     def design_columns(self) -> tuple[str, ...]:
         columns = [f"{name}={level}" for name, levels in self.categorical for level in levels[1:]]
-        return (*columns, *self.continuous)
+        splines = [c for term in self.smooth_terms for c in term.column_names()]
+        return (*columns, *self.continuous, *splines)
+
+    @property
+    def covariate_names(self) -> tuple[str, ...]:
+        """Every covariate a scan must come with (categorical, continuous, smooth)."""
+        return (
+            *(n for n, _ in self.categorical),
+            *self.continuous,
+            *(t.name for t in self.smooth_terms),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,17 +125,48 @@ def fit(
 ) -> CombatModel:
     """Fit ComBat on `features` (n_scans, n_features). `covariates` maps a name to one value
     per scan; names in `categorical` are one-hot coded with their first sorted level dropped."""
+    return fit_with_design(
+        features,
+        batch,
+        covariates,
+        categorical=categorical,
+        feature_names=feature_names,
+        batch_column=batch_column,
+        options=options,
+    )
+
+
+def fit_with_design(
+    features: ArrayLike,
+    batch: Sequence[str],
+    covariates: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    categorical: Collection[str] = (),
+    feature_names: Sequence[str] | None = None,
+    batch_column: str = "batch",
+    options: CombatOptions = CombatOptions(),
+    smooth_terms: tuple[SplineTerm, ...] = (),
+    solve_betas: BetaSolver | None = None,
+    smooth_penalty: Callable[[], Array] | None = None,
+) -> CombatModel:
+    """`fit` with smooth covariates (their spline bases appended to the design) and a custom
+    coefficient solver: the extension point of ComBat-GAM (`harmonize_service.gam`)."""
     data = _checked_features(features)
     covariates = dict(covariates or {})
     names = _feature_names(feature_names, data.shape[1])
     levels, batch_index = _batch_levels(batch, data.shape[0], options)
-    continuous = tuple(n for n in covariates if n not in categorical)
+    smooth = {t.name for t in smooth_terms}
+    continuous = tuple(n for n in covariates if n not in categorical and n not in smooth)
     categories = tuple(
         (n, tuple(sorted({str(v) for v in covariates[n]}))) for n in covariates if n in categorical
     )
     _check_unknown(categorical, covariates)
-    covariate_design = _covariate_design(covariates, continuous, categories, data.shape[0])
-    fitted = _standardise(data, batch_index, covariate_design, len(levels), options, levels)
+    covariate_design = _covariate_design(
+        covariates, continuous, categories, data.shape[0], smooth_terms
+    )
+    fitted = _standardise(
+        data, batch_index, covariate_design, len(levels), options, levels, solve_betas
+    )
     gamma_star, delta_star, hyper = _location_scale(fitted, len(levels), options, levels)
     return CombatModel(
         feature_names=names,
@@ -134,6 +185,8 @@ def fit(
         a_prior=hyper[2],
         b_prior=hyper[3],
         batch_column=batch_column,
+        smooth_terms=smooth_terms,
+        smooth_penalty=smooth_penalty() if smooth_penalty is not None else np.zeros(0),
     )
 
 
@@ -158,13 +211,21 @@ def apply(
         raise CombatError(f"batches not in the model: {', '.join(unknown)}")
     index = np.array([known[str(b)] for b in batch], dtype=np.intp)
     design = _covariate_design(
-        dict(covariates or {}), model.continuous, model.categorical, data.shape[0]
+        dict(covariates or {}), model.continuous, model.categorical, data.shape[0],
+        model.smooth_terms,
     )
     covariate_mean = _covariate_effect(design, model.covariate_betas, model.grand_mean)
     scale = np.sqrt(model.var_pooled)
-    standardised = (data - covariate_mean) / scale
-    adjusted = (standardised - model.gamma_star[index]) / np.sqrt(model.delta_star[index])
-    harmonized: Array = adjusted * scale + covariate_mean
+    # ((x - m) / s - gamma) / sqrt(delta) * s + m, element by element in place: the same
+    # operations in the same order for every row, without a temporary per step.
+    harmonized: Array = np.subtract(data, covariate_mean)
+    harmonized /= scale
+    per_scan = np.take(model.gamma_star, index, axis=0)
+    harmonized -= per_scan
+    np.take(np.sqrt(model.delta_star), index, axis=0, out=per_scan)
+    harmonized /= per_scan
+    harmonized *= scale
+    harmonized += covariate_mean
     if model.options.ref_batch is not None:
         # The reference batch is the target scale: its scans pass through untouched.
         is_ref = index == known[model.options.ref_batch]
@@ -227,9 +288,11 @@ def _covariate_design(
     continuous: tuple[str, ...],
     categories: tuple[tuple[str, tuple[str, ...]], ...],
     n_scans: int,
+    smooth_terms: tuple[SplineTerm, ...] = (),
 ) -> Array:
     """Covariate columns of the design, in `CombatModel.design_columns` order."""
-    missing = sorted({*continuous, *(n for n, _ in categories)} - covariates.keys())
+    names = {*continuous, *(n for n, _ in categories), *(t.name for t in smooth_terms)}
+    missing = sorted(names - covariates.keys())
     if missing:
         raise CombatError(f"covariates missing: {', '.join(missing)}")
     columns: list[Array] = []
@@ -249,9 +312,26 @@ def _covariate_design(
         if not np.isfinite(column).all():
             raise CombatError(f"covariate {name!r} contains NaN or infinite values")
         columns.append(column)
+    for term in smooth_terms:
+        smooth_values = _numeric(term.name, covariates[term.name], n_scans)
+        try:
+            columns += list(term.basis(smooth_values).T)
+        except SplineRangeError as exc:
+            raise CombatError(str(exc)) from exc
     if not columns:
         return np.zeros((n_scans, 0))
     return np.column_stack(columns)
+
+
+def _numeric(name: str, values: Sequence[Any], n_scans: int) -> Array:
+    try:
+        column = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CombatError(f"covariate {name!r} is not numeric") from exc
+    _check_length(name, len(column), n_scans)
+    if not np.isfinite(column).all():
+        raise CombatError(f"covariate {name!r} contains NaN or infinite values")
+    return column
 
 
 def _check_length(name: str, length: int, n_scans: int) -> None:
@@ -263,8 +343,10 @@ def _covariate_effect(design: Array, betas: Array, grand_mean: Array) -> Array:
     # An explicit per-column sum (not a matmul) so a row's result cannot depend on how many
     # rows are computed together (BLAS picks kernels by shape).
     total = np.broadcast_to(grand_mean, (design.shape[0], grand_mean.shape[0])).copy()
+    term = np.empty_like(total)
     for k in range(design.shape[1]):
-        total += design[:, k, None] * betas[k]
+        np.multiply(design[:, k, None], betas[k], out=term)
+        total += term
     return total
 
 
@@ -275,6 +357,7 @@ def _standardise(
     n_batch: int,
     options: CombatOptions,
     levels: tuple[str, ...],
+    solve_betas: BetaSolver | None = None,
 ) -> _Fitted:
     """OLS on batch one-hot + covariates, grand mean and pooled variance as in neuroCombat's
     `standardize_across_features`."""
@@ -289,23 +372,32 @@ def _standardise(
             "the design (batch + covariates) is rank deficient: a covariate is constant or "
             "confounded with batch"
         )
-    betas = np.asarray(np.linalg.lstsq(design, data, rcond=None)[0], dtype=np.float64)
+    if solve_betas is None:
+        # The normal equations, as neuroCombat solves them; the rank was checked above.
+        betas = np.linalg.solve(design.T @ design, design.T @ data)
+    else:
+        betas = solve_betas(design, data)
     counts = np.bincount(batch_index, minlength=n_batch).astype(np.float64)
     if ref is None:
         grand_mean = (counts / n_scans) @ betas[:n_batch]
-        residuals = data - design @ betas
+        residuals = design @ betas
+        np.subtract(data, residuals, out=residuals)
     else:
         grand_mean = betas[ref].copy()
         rows = batch_index == ref
         residuals = data[rows] - design[rows] @ betas
-    var_pooled = np.mean(residuals**2, axis=0)
+    np.square(residuals, out=residuals)
+    var_pooled = residuals.mean(axis=0)
     # "Exactly explained" up to rounding: residuals at the level of float64 eps of the data.
-    rounding = (64 * np.finfo(np.float64).eps * np.abs(data).max(axis=0)) ** 2
+    largest = np.maximum(data.max(axis=0), -data.min(axis=0))
+    rounding = (64 * np.finfo(np.float64).eps * largest) ** 2
     var_pooled[var_pooled <= rounding] = 1.0
     covariate_betas = betas[n_batch:]
     covariate_mean = _covariate_effect(covariate_design, covariate_betas, grand_mean)
+    np.subtract(data, covariate_mean, out=covariate_mean)
+    covariate_mean /= np.sqrt(var_pooled)
     return _Fitted(
-        standardised=(data - covariate_mean) / np.sqrt(var_pooled),
+        standardised=covariate_mean,
         grand_mean=grand_mean,
         var_pooled=var_pooled,
         covariate_betas=covariate_betas,
@@ -340,126 +432,15 @@ def _location_scale(
     else:
         tau2 = gamma_hat.var(axis=1, ddof=1)
         if not options.mean_only:
-            a_prior, b_prior = _inverse_gamma_priors(delta_hat)
-        solve = _parametric if options.parametric else _nonparametric
-        gamma_star, delta_star = solve(
-            s_data,
-            index,
-            gamma_hat,
-            delta_hat,
-            gamma_bar,
-            tau2,
-            a_prior,
-            b_prior,
-            options.mean_only,
-        )
+            a_prior, b_prior = inverse_gamma_priors(delta_hat)
+        solve = parametric if options.parametric else nonparametric
+        try:
+            gamma_star, delta_star = solve(
+                s_data, index, gamma_hat, delta_hat, gamma_bar, tau2, a_prior, b_prior,
+                options.mean_only,
+            )
+        except NotConverged as exc:
+            raise CombatError(str(exc)) from exc
     if ref is not None:
         gamma_star[ref], delta_star[ref] = 0.0, 1.0
     return gamma_star, delta_star, (gamma_bar, tau2, a_prior, b_prior)
-
-
-def _inverse_gamma_priors(delta_hat: Array) -> tuple[Array, Array]:
-    """Method-of-moments inverse-gamma hyperparameters per batch (Johnson et al. 2007).
-    A batch whose delta_hat has no spread gets inf, handled as a point-mass prior."""
-    mean = delta_hat.mean(axis=1)
-    spread = delta_hat.var(axis=1, ddof=1)
-    with np.errstate(divide="ignore"):
-        a = np.where(spread > 0, (2 * spread + mean**2) / spread, np.inf)
-        b = np.where(spread > 0, (mean * spread + mean**3) / spread, np.inf)
-    return a, b
-
-
-def _parametric(
-    s_data: Array,
-    index: NDArray[np.intp],
-    gamma_hat: Array,
-    delta_hat: Array,
-    gamma_bar: Array,
-    tau2: Array,
-    a_prior: Array,
-    b_prior: Array,
-    mean_only: bool,
-) -> tuple[Array, Array]:
-    gamma_star, delta_star = np.empty_like(gamma_hat), np.ones_like(delta_hat)
-    for b in range(gamma_hat.shape[0]):
-        if mean_only:
-            # sva/neuroCombat: the posterior mean with n = 1 and delta = 1.
-            gamma_star[b] = _posterior_mean(gamma_hat[b], gamma_bar[b], 1.0, 1.0, tau2[b])
-        else:
-            gamma_star[b], delta_star[b] = _iterate_posteriors(
-                s_data[index == b],
-                gamma_hat[b],
-                delta_hat[b],
-                gamma_bar[b],
-                tau2[b],
-                a_prior[b],
-                b_prior[b],
-            )
-    return gamma_star, delta_star
-
-
-def _posterior_mean(
-    g_hat: Array, g_bar: float, n: float | Array, d_star: float | Array, t2: float
-) -> Array:
-    result: Array = (t2 * n * g_hat + d_star * g_bar) / (t2 * n + d_star)
-    return result
-
-
-def _iterate_posteriors(
-    batch_data: Array, g_hat: Array, d_hat: Array, g_bar: float, t2: float, a: float, b: float
-) -> tuple[Array, Array]:
-    """Johnson et al. 2007's fixed point for (gamma*, delta*), neuroCombat's `it_sol`: same
-    update order and same stopping rule (relative change with a signed denominator, as in
-    sva), so the iteration count, hence the result, agrees with the references."""
-    n = float(batch_data.shape[0])
-    g_old, d_old = g_hat.copy(), d_hat.copy()
-    for _ in range(MAX_ITERATIONS):
-        g_new = _posterior_mean(g_hat, g_bar, n, d_old, t2)
-        sum2 = ((batch_data - g_new) ** 2).sum(axis=0)
-        # a = inf is a point-mass prior: the limit of (sum2/2 + b) / (n/2 + a - 1) is d_hat.
-        d_new = d_hat.copy() if math.isinf(a) else (0.5 * sum2 + b) / (n / 2.0 + a - 1.0)
-        change = max(_relative_change(g_new, g_old), _relative_change(d_new, d_old))
-        g_old, d_old = g_new, d_new
-        if change <= CONVERGENCE:
-            return g_new, d_new
-    raise CombatError(f"empirical Bayes did not converge in {MAX_ITERATIONS} iterations")
-
-
-def _relative_change(new: Array, old: Array) -> float:
-    step = np.abs(new - old)
-    ratio = np.divide(step, old, out=np.where(step > 0, np.inf, 0.0), where=old != 0)
-    return float(ratio.max())
-
-
-def _nonparametric(
-    s_data: Array,
-    index: NDArray[np.intp],
-    gamma_hat: Array,
-    delta_hat: Array,
-    gamma_bar: Array,
-    tau2: Array,
-    a_prior: Array,
-    b_prior: Array,
-    mean_only: bool,
-) -> tuple[Array, Array]:
-    gamma_star, delta_star = np.empty_like(gamma_hat), np.empty_like(delta_hat)
-    for b in range(gamma_hat.shape[0]):
-        gamma_star[b], delta_star[b] = _integrate_prior(
-            s_data[index == b], gamma_hat[b], delta_hat[b]
-        )
-    return gamma_star, delta_star
-
-
-def _integrate_prior(batch_data: Array, g_hat: Array, d_hat: Array) -> tuple[Array, Array]:
-    """Non-parametric EB (neuroCombat's `int_eprior`): each feature's estimate is the average
-    of the other features' (gamma_hat, delta_hat) weighted by the likelihood of its data.
-    Weights are normalised in log space, so large batches cannot underflow to 0/0."""
-    n = batch_data.shape[0]
-    sum_x, sum_x2 = batch_data.sum(axis=0), (batch_data**2).sum(axis=0)
-    # sum_j (x_ij - g_k)^2 for every feature i (rows) and candidate k (columns)
-    sum2 = sum_x2[:, None] - 2.0 * sum_x[:, None] * g_hat[None, :] + n * g_hat[None, :] ** 2
-    log_lh = -0.5 * n * np.log(2 * np.pi * d_hat)[None, :] - sum2 / (2 * d_hat[None, :])
-    np.fill_diagonal(log_lh, -np.inf)  # leave-one-out: a feature is not its own prior
-    weights = np.exp(log_lh - log_lh.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    return weights @ g_hat, weights @ d_hat

@@ -1,13 +1,19 @@
 """`harmonet harmonize fit FEATURES.csv ... --out MODEL.json` and `harmonet harmonize apply
-FEATURES.csv --model MODEL.json --out HARMONIZED.csv`: ComBat offline on a CSV table (one row
-per scan). Only argument parsing is imported eagerly."""
+FEATURES.csv --model MODEL.json --out HARMONIZED.csv`: ComBat (or ComBat-GAM with `--smooth`)
+offline on a CSV table (one row per scan); `harmonet harmonize install MODEL.json` makes a
+model the one the service applies. Only argument parsing is imported eagerly."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.blobstore import FileBlobStore
+    from services.state import StateStore
 
 
 def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) -> None:
@@ -21,17 +27,28 @@ def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) ->
     fit.add_argument("--id-col", help="an identifier column passed through, not a feature")
     fit.add_argument("--mean-only", action="store_true", help="adjust location only")
     fit.add_argument("--nonparametric", action="store_true", help="non-parametric EB priors")
+    fit.add_argument("--smooth", help="ComBat-GAM: a continuous covariate fitted as a spline")
+    fit.add_argument("--smooth-bounds", help="LO,HI: the spline's range (default: the data's)")
+    fit.add_argument("--penalty", choices=("kfold", "gcv"), default="kfold",
+                     help="how each feature's smoothing penalty is chosen")
+    fit.add_argument("--report", type=Path, help="write the quality report (JSON) here")
     fit.add_argument("--out", type=Path, required=True, help="model JSON to write")
     fit.set_defaults(handler=_fit)
+    install = actions.add_parser("install", help="store a model and make it current")
+    install.add_argument("model", type=Path)
+    install.set_defaults(handler=_install)
     apply = actions.add_parser("apply", help="harmonize a table of features with a fitted model")
     apply.add_argument("features", type=Path)
     apply.add_argument("--model", type=Path, required=True)
     apply.add_argument("--out", type=Path, required=True, help="harmonized CSV to write")
     apply.set_defaults(handler=_apply)
+    from harmonize_service.intensity_commands import add_actions
+
+    add_actions(actions)
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from harmonize_service.combat import CombatError, CombatOptions, fit
+    from harmonize_service.combat import CombatError, CombatOptions, apply
     from harmonize_service.model import to_json
 
     covariates = _names(args.covariates)
@@ -48,20 +65,117 @@ def _fit(args: argparse.Namespace) -> int:
         options = CombatOptions(
             parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch
         )
-        model = fit(
-            _feature_matrix(header, rows, feature_names),
-            _column(header, rows, args.batch_col),
-            {name: _column(header, rows, name) for name in covariates},
-            categorical=set(categorical),
-            feature_names=feature_names,
-            batch_column=args.batch_col,
-            options=options,
-        )
+        features = _feature_matrix(header, rows, feature_names)
+        batch = _column(header, rows, args.batch_col)
+        values = {name: _column(header, rows, name) for name in covariates}
+        model = _fit_model(args, features, batch, values, set(categorical), feature_names,
+                           options)
+        if args.report is not None:
+            _write_report(args.report, features, apply(model, features, batch, values), batch,
+                          values, categorical, feature_names)
     except (CombatError, TableError) as exc:
         print(f"harmonize fit: {exc}", file=sys.stderr)
         return 1
     args.out.write_text(to_json(model), encoding="utf-8")
     print(f"{len(rows)} scans, {len(feature_names)} features, {len(model.batch_levels)} batches")
+    return 0
+
+
+def _fit_model(
+    args: argparse.Namespace,
+    features: Any,
+    batch: list[str],
+    covariates: dict[str, list[str]],
+    categorical: set[str],
+    feature_names: list[str],
+    options: Any,
+) -> Any:
+    from harmonize_service.combat import fit
+    from harmonize_service.gam import SmoothOptions, fit_gam
+
+    common: dict[str, Any] = {
+        "categorical": categorical,
+        "feature_names": feature_names,
+        "batch_column": args.batch_col,
+        "options": options,
+    }
+    if args.smooth is None:
+        return fit(features, batch, covariates, **common)
+    if args.smooth not in covariates:
+        raise TableError(f"--smooth {args.smooth} is not one of --covariates")
+    bounds: tuple[float | None, float | None] = (None, None)
+    if args.smooth_bounds:
+        try:
+            low, high = (float(x) for x in args.smooth_bounds.split(","))
+        except ValueError as exc:
+            raise TableError(f"--smooth-bounds wants LO,HI, got {args.smooth_bounds!r}") from exc
+        bounds = (low, high)
+    smooth = SmoothOptions(args.smooth, bounds=bounds, selection=args.penalty)
+    return fit_gam(features, batch, covariates, smooth=smooth, **common)
+
+
+def _write_report(
+    path: Path,
+    before: Any,
+    after: Any,
+    batch: list[str],
+    covariates: dict[str, list[str]],
+    categorical: list[str],
+    feature_names: list[str],
+) -> None:
+    import json
+
+    from harmonize_service.report import quality_report
+
+    report = quality_report(before, after, batch, covariates, categorical=categorical,
+                            feature_names=feature_names)
+    path.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    classifier = report["site_classifier"]
+    print(f"site classifier AUC: before {classifier['auc_before']}, "
+          f"after {classifier['auc_after']}")
+
+
+def _install(args: argparse.Namespace) -> int:
+    from harmonize_service.model import ModelFormatError
+    from harmonize_service.store import ModelStore
+
+    return install_artifact(
+        args.model, action="install", what="harmonization model", errors=(ModelFormatError,),
+        install=lambda blobs, state, text: ModelStore(blobs=blobs, state=state).install(text),
+    )
+
+
+def install_artifact(
+    path: Path,
+    *,
+    action: str,
+    what: str,
+    errors: tuple[type[Exception], ...],
+    install: Callable[[FileBlobStore, StateStore, str], str],
+) -> int:
+    """Store a model file in the blob store and make it current in the state store (Redis,
+    or the embedded state file while `harmonet up` is stopped); a clear error otherwise."""
+    from services.blobstore import FileBlobStore
+    from services.settings import Settings
+    from services.state import StateError, make_state
+
+    settings = Settings()
+    try:
+        state = make_state(redis_url=settings.redis_url, prefix=settings.state_prefix,
+                           path=settings.embedded_state_path)
+    except StateError as exc:
+        print(f"harmonize {action}: {exc}", file=sys.stderr)
+        return 1
+    caught: tuple[type[Exception], ...] = (*errors, StateError, OSError)
+    try:
+        version = install(FileBlobStore(settings.data_dir), state,
+                          path.read_text(encoding="utf-8"))
+    except caught as exc:
+        print(f"harmonize {action}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        state.close()
+    print(f"current {what}: {version}")
     return 0
 
 
@@ -72,7 +186,7 @@ def _apply(args: argparse.Namespace) -> int:
     try:
         model = from_json(args.model.read_text(encoding="utf-8"))
         header, rows = _read_table(args.features)
-        covariate_names = [*(n for n, _ in model.categorical), *model.continuous]
+        covariate_names = list(model.covariate_names)
         _require_columns(header, {model.batch_column, *covariate_names, *model.feature_names})
         harmonized = apply(
             model,

@@ -18,8 +18,13 @@ from typing import Any
 import numpy as np
 
 from harmonize_service.combat import Array, CombatModel, CombatOptions
+from harmonize_service.splines import SplineTerm
 
 FORMAT = "harmonet.combat/1"
+# ComBat-GAM models carry smooth terms, which a format-1 reader would silently ignore.
+FORMAT_GAM = "harmonet.combat-gam/1"
+_FORMATS = (FORMAT, FORMAT_GAM)
+_GAM_FIELDS = ("smooth_terms", "smooth_penalty")
 
 
 class ModelFormatError(ValueError):
@@ -41,7 +46,7 @@ def from_json(text: str) -> CombatModel:
     try:
         document = json.loads(text)
         content = {k: v for k, v in document.items() if k not in ("version", "created")}
-        if content.get("format") != FORMAT:
+        if content.get("format") not in _FORMATS:
             raise ModelFormatError(f"not a {FORMAT} model: format {content.get('format')!r}")
         expected = "sha256:" + hashlib.sha256(_canonical(content).encode()).hexdigest()
         if document.get("version") != expected:
@@ -61,10 +66,14 @@ def _canonical(content: dict[str, Any]) -> str:
 
 
 def _content(model: CombatModel) -> dict[str, Any]:
-    content: dict[str, Any] = {"format": FORMAT}
+    content: dict[str, Any] = {"format": FORMAT_GAM if model.smooth_terms else FORMAT}
     for field in fields(model):
         value = getattr(model, field.name)
-        if isinstance(value, np.ndarray):
+        if field.name in _GAM_FIELDS and not model.smooth_terms:
+            continue  # a linear model's content (hence version) is the same as before GAM
+        if field.name == "smooth_terms":
+            content[field.name] = [_encode_term(term) for term in value]
+        elif isinstance(value, np.ndarray):
             content[field.name] = _encode_array(value)
         elif isinstance(value, CombatOptions):
             content[field.name] = {f.name: getattr(value, f.name) for f in fields(value)}
@@ -76,8 +85,12 @@ def _content(model: CombatModel) -> dict[str, Any]:
 def _model(content: dict[str, Any]) -> CombatModel:
     values: dict[str, Any] = {}
     for field in fields(CombatModel):
+        if field.name in _GAM_FIELDS and content["format"] == FORMAT:
+            continue
         raw = content[field.name]
-        if field.name == "options":
+        if field.name == "smooth_terms":
+            values[field.name] = tuple(_decode_term(term) for term in raw)
+        elif field.name == "options":
             values[field.name] = CombatOptions(**raw)
         elif field.name == "categorical":
             values[field.name] = tuple((str(n), tuple(levels)) for n, levels in raw)
@@ -88,6 +101,15 @@ def _model(content: dict[str, Any]) -> CombatModel:
         else:
             values[field.name] = raw
     return CombatModel(**values)
+
+
+def _encode_term(term: SplineTerm) -> dict[str, Any]:
+    return {"name": term.name, "degree": term.degree, "knots": _encode_array(term.knots)}
+
+
+def _decode_term(raw: dict[str, Any]) -> SplineTerm:
+    return SplineTerm(name=str(raw["name"]), knots=_decode_array(raw["knots"]),
+                      degree=int(raw["degree"]))
 
 
 def _lists(value: Any) -> Any:

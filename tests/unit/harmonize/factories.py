@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from services.events import SeriesManifest, SeriesQC, StudyQCCompleted, StudyReceived
+
 
 @dataclass(frozen=True)
 class SiteTable:
@@ -58,3 +60,34 @@ def site_table(
         + noise * np.stack([scale[s] for s in site])
     )
     return SiteTable(features, site, age, sex, age_slope, shift, scale)
+
+
+HARMONIZE_FEATURES = ("gm_volume_ml", "wm_volume_ml", "csf_volume_ml", "icv_ml")
+
+
+def study_events(
+    table: SiteTable,
+    i: int,
+    *,
+    kind: str = "anatomical",
+    software: str = "VE11C",
+    features: tuple[str, ...] = HARMONIZE_FEATURES,
+) -> tuple[StudyReceived, StudyQCCompleted]:
+    """The `study.received` and `study.qc.completed` of scan `i` of a table whose columns are
+    the QC features `HARMONIZE_FEATURES` of one T1w series (age rounded to whole years)."""
+    uid, site = f"1.2.826.0.{i}", table.site[i]
+    manifest = SeriesManifest(
+        series_uid=f"{uid}.1", sop_class_uids=["1.2.840.10008.5.1.4.1.1.4"], instance_count=1,
+        blob_prefix="dicom/x", blob_keys=["dicom/x/1.dcm"], headers={"SoftwareVersions": software},
+    )
+    received = StudyReceived(
+        study_uid=uid, revision=1, site=site, scanner=f"{site}-prisma", subject_id=f"s{i}",
+        patient_age=f"{round(table.age[i]):03d}Y", patient_sex=table.sex[i], instance_count=1,
+        series=[manifest],
+    )
+    values = dict(zip(HARMONIZE_FEATURES, (float(v) for v in table.features[i]), strict=True))
+    series = SeriesQC(series_uid=f"{uid}.1", series_type="t1w", kind=kind,  # type: ignore[arg-type]
+                      features={f: values[f] for f in features})
+    completed = StudyQCCompleted(study_uid=uid, revision=1, site=site, scanner=f"{site}-prisma",
+                                 series=[series])
+    return received, completed

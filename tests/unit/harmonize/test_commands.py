@@ -147,3 +147,123 @@ def test_apply_refuses_an_edited_model(tmp_path: Path, capsys: pytest.CaptureFix
     code = _run("apply", str(features), "--model", str(model_path), "--out", str(tmp_path / "o"))
     assert code == 1
     assert "does not match its version" in capsys.readouterr().err
+
+
+def test_gam_fit_with_report_then_apply(tmp_path: Path) -> None:
+    table = site_table(seed=11, n_features=6)
+    features, model_path = tmp_path / "features.csv", tmp_path / "model.json"
+    report_path, out = tmp_path / "report.json", tmp_path / "harmonized.csv"
+    _write(features, table)
+    assert _run("fit", str(features), "--batch-col", "site", "--covariates", "age,sex",
+                "--categorical", "sex", "--id-col", "scan_id", "--smooth", "age",
+                "--smooth-bounds", "0,100", "--report", str(report_path),
+                "--out", str(model_path)) == 0
+    model = from_json(model_path.read_text())
+    assert [t.name for t in model.smooth_terms] == ["age"]
+    assert (model.smooth_terms[0].lower, model.smooth_terms[0].upper) == (0.0, 100.0)
+    assert _run("apply", str(features), "--model", str(model_path), "--out", str(out)) == 0
+    import json
+
+    report = json.loads(report_path.read_text())
+    classifier = report["site_classifier"]
+    # the factory's site effects are strong: obvious before, near chance after
+    assert classifier["auc_before"] > 0.9
+    assert classifier["auc_after"] < 0.7
+    slopes = report["covariate_effects"]["age"]
+    before = np.array(list(slopes["before"].values()))
+    after = np.array(list(slopes["after"].values()))
+    assert np.allclose(after, table.age_slope, atol=0.004)
+    assert np.corrcoef(before, after)[0, 1] > 0.9
+
+
+def test_smooth_must_be_a_covariate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    features = tmp_path / "features.csv"
+    _write(features, site_table(seed=1, n_features=3))
+    code = _run("fit", str(features), "--batch-col", "site", "--covariates", "sex",
+                "--categorical", "sex", "--id-col", "scan_id", "--smooth", "age",
+                "--out", str(tmp_path / "m.json"))
+    assert code == 1
+    assert "--smooth age is not one of --covariates" in capsys.readouterr().err
+
+
+def test_install_makes_the_model_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harmonize_service.store import ModelStore, model_key
+    from services.blobstore import FileBlobStore
+    from services.state import InMemoryStateStore
+
+    table = site_table(seed=12, n_features=4)
+    model = fit(table.features, table.site, table.covariates, categorical={"sex"})
+    from harmonize_service.model import to_json
+
+    path = tmp_path / "model.json"
+    path.write_text(to_json(model))
+    state = InMemoryStateStore()
+    monkeypatch.setenv("HARMONET_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr("services.state.make_state", lambda **_: state)
+    assert _run("install", str(path)) == 0
+    version = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    store = ModelStore(blobs=FileBlobStore(tmp_path / "data"), state=state)
+    assert store.current_version() == version
+    assert (tmp_path / "data" / model_key(version)).is_file()
+    path.write_text(path.read_text().replace('"batch"', '"site"', 1))
+    assert _run("install", str(path)) == 1
+    assert store.current_version() == version
+
+
+def test_intensity_fit_and_apply_on_nifti_files(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from harmonize_service.intensity import NyulModel, apply_nyul, foreground_mask
+    from services.volume import load_nifti
+    from tests.unit.qc.factories import synthetic_head
+
+    pytest.importorskip("nilearn")
+    paths = []
+    for seed, scale in enumerate((1.0, 1.8, 0.7)):
+        head = synthetic_head(step=4, sigma=12.0, seed=seed)
+        path = tmp_path / f"ref{seed}.nii.gz"
+        nib.save(nib.Nifti1Image(head.image * scale, head.affine), path)
+        paths.append(path)
+    model_path = tmp_path / "nyul.json"
+    assert _run("intensity-fit", *map(str, paths), "--out", str(model_path)) == 0
+    model = NyulModel.from_json(model_path.read_text())
+    assert model.cohort_size == 3
+    out = tmp_path / "std.nii.gz"
+    assert _run("intensity-apply", str(paths[1]), "--model", str(model_path),
+                "--out", str(out)) == 0
+    volume = load_nifti(paths[1])
+    expected = apply_nyul(model, volume.data, foreground_mask(volume.data))
+    np.testing.assert_allclose(load_nifti(out).data, expected.astype(np.float32))
+    assert _run("intensity-apply", str(paths[1]), "--out", str(out)) == 2  # nyul needs --model
+    assert _run("intensity-apply", str(tmp_path / "missing.nii.gz"), "--method",
+                "whitestripe", "--out", str(out)) == 1
+
+
+def test_install_in_embedded_mode_writes_the_state_file_harmonet_up_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without Redis the model becomes current in `<data dir>/state/state.jsonl` - the store
+    `harmonet up` opens - and while `up` holds that file the command says so."""
+    from harmonize_service.model import to_json
+    from harmonize_service.store import CURRENT_KEY
+    from services.settings import Settings
+    from services.state.file import FileStateStore
+
+    table = site_table(seed=13, n_features=4)
+    path = tmp_path / "model.json"
+    path.write_text(to_json(fit(table.features, table.site, table.covariates,
+                                categorical={"sex"})))
+    monkeypatch.delenv("HARMONET_REDIS_URL", raising=False)
+    monkeypatch.setenv("HARMONET_DATA_DIR", str(tmp_path / "data"))
+    state_path = Settings().embedded_state_path
+    running_up = FileStateStore(state_path)
+    assert _run("install", str(path)) == 1
+    assert "in use by another process" in capsys.readouterr().err
+    running_up.close()
+    assert _run("install", str(path)) == 0
+    version = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    restarted_up = FileStateStore(state_path)
+    assert restarted_up.get(CURRENT_KEY) == version.encode()
+    restarted_up.close()
