@@ -10,9 +10,10 @@ $(BIN)/harmonet: pyproject.toml
 	@$(PY) -m venv $(VENV) 2>/dev/null || { bash scripts/system-deps.sh venv && $(PY) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# Reference implementations the QC metrics are compared with (tests load single
-	# modules from them), without their heavy dependency trees.
-	$(BIN)/pip install --quiet --no-deps mriqc==24.0.2 nipype==1.11.0 nitime==0.12.1
+	# Reference implementations the QC metrics and ComBat-GAM are compared with (tests load
+	# single modules from them), without their dependency pins (numpy<2) and heavy trees.
+	$(BIN)/pip install --quiet --no-deps mriqc==24.0.2 nipype==1.11.0 nitime==0.12.1 \
+		neuroHarmonize==2.5.2
 	@touch $@
 
 install: $(BIN)/harmonet

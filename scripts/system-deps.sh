@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (as root, with apt-get) and starts what HarmoNet's tests and benchmark need:
 #   venv  - python3-venv only
-#   test  - DCMTK, RabbitMQ, Redis, PostgreSQL (installed if missing, started if not running)
+#   test  - DCMTK, RabbitMQ, Redis, PostgreSQL (installed if missing, started if not running),
+#           Prometheus (promtool and a server for the scrape test), Chromium (registry page test)
 #   bench - test + Orthanc
 # Not root or no apt-get: prints what is missing and carries on (the tests then skip,
 # or fail when CI=true).
@@ -29,8 +30,11 @@ wait_port() {
 
 if [ "$mode" = venv ]; then apt_install python3-venv; exit 0; fi
 
-apt_install dcmtk rabbitmq-server redis-server postgresql iproute2 util-linux
+apt_install dcmtk rabbitmq-server redis-server postgresql iproute2 util-linux prometheus chromium
 [ "$mode" = bench ] && apt_install orthanc
+# k8s/ is rendered with kustomize (built into kubectl); neither is packaged by Debian.
+command -v kubectl >/dev/null || command -v kustomize >/dev/null \
+  || echo "system-deps: kubectl/kustomize not found; tests/ops k8s tests skip (fail with CI=true)" >&2
 
 [ "$(id -u)" = 0 ] || { echo "system-deps: not root; not starting servers" >&2; exit 0; }
 

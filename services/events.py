@@ -158,8 +158,30 @@ class StudyHarmonized(EventData):
     revision: int = Field(ge=1)
     site: str
     scanner: str
-    model_version: str
-    features: dict[str, float | None]
+    model_version: str = Field(
+        description="sha256:<hex> of the model applied (or that the batch is pending for); "
+        "empty when no model is installed"
+    )
+    features: dict[str, float | None] = Field(
+        description="harmonized features (`<series_type>.<feature>`); empty unless harmonized"
+    )
+    status: Literal["harmonized", "pending", "not_applicable"] = Field(
+        default="harmonized",
+        description="pending: the study's batch is not in the model yet (study.harmonized "
+        "follows with status harmonized once the batch has enough scans)",
+    )
+    reason: str | None = Field(
+        default=None,
+        description="why not harmonized: no_model, phantom, no_features, missing_covariates, "
+        "invalid_covariates",
+    )
+    batch: str | None = Field(
+        default=None, description="the study's harmonization batch (site, scanner or epoch)"
+    )
+    images: dict[str, str] = Field(
+        default_factory=dict,
+        description="series uid -> blob key of its intensity-standardised T1w NIfTI",
+    )
 
 
 class StudyProcessed(EventData):
@@ -167,8 +189,21 @@ class StudyProcessed(EventData):
     revision: int = Field(ge=1)
     site: str
     scanner: str
-    stages: dict[str, str] = Field(default_factory=dict)
-    summary: dict[str, Any] = Field(default_factory=dict)
+    stages: dict[str, str] = Field(
+        default_factory=dict,
+        description="received: recorded; compliance: compliant|deviant|excluded|unrecognized; "
+        "qc: measured|partial|not_measured; harmonization: harmonized|pending|not_applicable",
+    )
+    summary: dict[str, Any] = Field(
+        default_factory=dict,
+        description="study_date, counts, per-series verdict/deviations/QC metrics/report "
+        "blob keys, harmonization (status, model_version, reason, batch, features)",
+    )
+    subject_id: str | None = Field(default=None, description="pseudonymised PatientID")
+    is_phantom: bool = False
+    usable: bool = Field(
+        default=True, description="no series was excluded by a protocol deviation"
+    )
 
 
 DATA_MODELS: dict[str, type[EventData]] = {
