@@ -22,7 +22,7 @@ from tests.faults.kill_scenario import (
     storescu_command,
     wait_until_settled,
 )
-from tests.support.ci import skip_or_fail
+from tests.support.disk import mounted_tmpfs
 from tests.support.processes import HarmonetProcess, require_tool, run_harmonet
 
 pytestmark = pytest.mark.e2e
@@ -31,16 +31,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs: room for `harmonet up` to start, then filled up by the test."""
-    mount_point = tmp_path / "volume"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs (root needed): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "volume", "8m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def _readyz(harmonet: HarmonetProcess) -> tuple[int, str]:

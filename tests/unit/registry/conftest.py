@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine
@@ -16,6 +17,9 @@ from registry.db import make_engine, migrate, session_factory
 from services.bus import DeadLetter, InMemoryBus
 from services.events import CloudEvent
 from tests.conftest import unique_name
+
+if TYPE_CHECKING:
+    from tests.unit.registry.api_support import Seeded
 
 
 def postgres_engine(postgres_url: str) -> Engine:
@@ -78,3 +82,15 @@ async def pipeline(sessions: sessionmaker[Session]) -> AsyncIterator[Pipeline]:
     await running.bus.close()
     assert [d.reason for d in running.dead] == []
     running.consumer.writer.shutdown(wait=True)
+
+
+@pytest.fixture
+async def seeded(pipeline: Pipeline, sessions: sessionmaker[Session],
+                 tmp_path: Path) -> AsyncIterator[Seeded]:
+    """The registry API over a pipeline seeded with two sites' studies (api_support.seed)."""
+    from tests.unit.registry.api_support import build, seed  # it imports Pipeline from here
+
+    await seed(pipeline)
+    built = build(sessions, tmp_path)
+    async with built.client:
+        yield built

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from registry.models import AuditEntry
 from tests.unit.registry import factories as f
-from tests.unit.registry.api_support import MILAN, NAPLES, Seeded, build, seed
-from tests.unit.registry.conftest import Pipeline
+from tests.unit.registry.api_support import MILAN, NAPLES, Seeded
 
 # Site B (naples) ids, for the matrix test: every path parameter of every endpoint.
 NAPLES_IDS = {
@@ -22,15 +18,6 @@ NAPLES_IDS = {
     "revision": "r1", "filename": "mosaic.png",
 }
 NAPLES_MARKERS = ("naples", NAPLES, "subjna1")
-
-
-@pytest.fixture
-async def seeded(pipeline: Pipeline, sessions: sessionmaker[Session],
-                 tmp_path: Path) -> AsyncIterator[Seeded]:
-    await seed(pipeline)
-    built = build(sessions, tmp_path)
-    async with built.client:
-        yield built
 
 
 def api_routes(seeded: Seeded) -> list[tuple[str, str, set[str]]]:

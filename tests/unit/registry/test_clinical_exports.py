@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from registry.missing import flag_missing_series
 from registry.models import Subject, utcnow
 from services.cli import main
 from services.config import parse_config
-from tests.unit.registry.api_support import DICTIONARY, MILAN, Seeded, build, seed
-from tests.unit.registry.conftest import Pipeline
+from tests.unit.registry.api_support import DICTIONARY, MILAN, Seeded
 
 GOOD = """site,subject_id,age_years,diagnosis,moca,visit_date
 milan,subjmi1,67,MCI,24.5,2026-01-03
@@ -28,15 +26,6 @@ milan,subjmi2,71,AD,,2026-01-04
 BAD = """site,subject_id,age_years,diagnosis,moca,shoe_size
 milan,subjmi1,sixty,XX,31,42
 """
-
-
-@pytest.fixture
-async def seeded(pipeline: Pipeline, sessions: sessionmaker[Session],
-                 tmp_path: Path) -> AsyncIterator[Seeded]:
-    await seed(pipeline)
-    built = build(sessions, tmp_path)
-    async with built.client:
-        yield built
 
 
 def clinical(sessions: sessionmaker[Session]) -> dict[str, dict[str, object]]:

@@ -2,23 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-from sqlalchemy.orm import Session, sessionmaker
-
-from tests.unit.registry.api_support import MILAN, NAPLES, Seeded, build, seed
+from tests.unit.registry.api_support import MILAN, NAPLES, Seeded
 from tests.unit.registry.conftest import Pipeline
-
-
-@pytest.fixture
-async def seeded(pipeline: Pipeline, sessions: sessionmaker[Session],
-                 tmp_path: Path) -> AsyncIterator[Seeded]:
-    await seed(pipeline)
-    built = build(sessions, tmp_path)
-    async with built.client:
-        yield built
 
 
 async def test_page_needs_a_token_and_keeps_to_its_sites(seeded: Seeded) -> None:
