@@ -11,7 +11,6 @@ foreground histogram. Pure numpy/scipy on arrays; NIfTI bytes through nibabel.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.signal import argrelmax
 from scipy.stats import gaussian_kde
+
+from harmonize_service.model import content_digest
 
 FORMAT = "harmonet.nyul/1"
 Array = NDArray[Any]
@@ -41,7 +42,7 @@ class NyulModel:
 
     @property
     def version(self) -> str:
-        return "sha256:" + hashlib.sha256(_canonical(self._content()).encode()).hexdigest()
+        return content_digest(self._content())
 
     def _content(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,9 @@ class NyulModel:
             )
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise IntensityError(f"malformed intensity model: {exc}") from exc
+        values = [*model.percentiles, *model.standard_scale, model.output_min, model.output_max]
+        if not np.isfinite(values).all():
+            raise IntensityError("intensity model holds NaN or infinite values")
         if raw.get("version") not in (None, model.version):
             raise IntensityError("intensity model content does not match its version")
         return model
@@ -215,7 +219,3 @@ def _piecewise_linear(values: Array, xs: Array, ys: Array) -> Array:
     out[below] = ys[0] + (values[below] - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0])
     out[above] = ys[-1] + (values[above] - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
     return out
-
-
-def _canonical(content: dict[str, Any]) -> str:
-    return json.dumps(content, sort_keys=True, separators=(",", ":"))

@@ -32,13 +32,19 @@ class ModelFormatError(ValueError):
 
 
 def content_version(model: CombatModel) -> str:
-    return "sha256:" + hashlib.sha256(_canonical(_content(model)).encode()).hexdigest()
+    return content_digest(_content(model))
+
+
+def content_digest(content: dict[str, Any]) -> str:
+    """"sha256:<hex>" of the canonical JSON of an artefact's content (every model kind's
+    version); NaN and infinities are refused (ValueError), never written."""
+    return "sha256:" + hashlib.sha256(_canonical(content).encode()).hexdigest()
 
 
 def to_json(model: CombatModel, *, created: datetime | None = None) -> str:
     content = _content(model)
     when = (created or datetime.now(UTC)).isoformat()
-    version = "sha256:" + hashlib.sha256(_canonical(content).encode()).hexdigest()
+    version = content_digest(content)
     return json.dumps({"version": version, "created": when, **content}, indent=1, sort_keys=True)
 
 
@@ -48,7 +54,7 @@ def from_json(text: str) -> CombatModel:
         content = {k: v for k, v in document.items() if k not in ("version", "created")}
         if content.get("format") not in _FORMATS:
             raise ModelFormatError(f"not a {FORMAT} model: format {content.get('format')!r}")
-        expected = "sha256:" + hashlib.sha256(_canonical(content).encode()).hexdigest()
+        expected = content_digest(content)
         if document.get("version") != expected:
             raise ModelFormatError("model content does not match its version (edited or corrupt)")
         return _model(content)

@@ -117,6 +117,9 @@ def test_model_round_trips_and_refuses_tampering(heads):
         NyulModel.from_json(tampered)
     with pytest.raises(IntensityError, match="format"):
         NyulModel.from_json('{"format": "other"}')
+    with_nan = model.to_json().replace(f"{model.standard_scale[3]!r}", "NaN", 1)
+    with pytest.raises(IntensityError, match="NaN"):
+        NyulModel.from_json(with_nan)
 
 
 def test_degenerate_inputs_give_clear_errors():
