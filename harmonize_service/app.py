@@ -19,8 +19,9 @@ from pydantic import ValidationError
 
 from harmonize_service.combat import CombatError, CombatModel, apply
 from harmonize_service.images import IntensityStore, standardise_study
+from harmonize_service.install_requests import serve as serve_install_requests
 from harmonize_service.newsite import add_batch
-from harmonize_service.store import ModelStore
+from harmonize_service.store import MODEL_LOCK, ModelStore
 from harmonize_service.study import (
     BatchKind,
     Scan,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 QUEUE = "harmonize"
 ROUTING_KEYS = ("study.received", "study.qc.completed", "scanner.configuration.changed")
 STUDY_TTL_SECONDS = 90 * 24 * 3600.0
-MODEL_LOCK = "lock:harmonize:model"
 
 
 def study_key(study_uid: str, revision: int) -> str:
@@ -282,7 +282,9 @@ async def run(context: Context) -> None:
         intensity_method=context.settings.harmonize_intensity,
     )
     await context.bus.subscribe(QUEUE, list(ROUTING_KEYS), handler)
-    await asyncio.Event().wait()
+    # `harmonet harmonize install` beside a running `harmonet up` (install_requests)
+    await serve_install_requests(context.settings.data_dir, state=context.state,
+                                 blobs=context.blobs)
 
 
 service = Service(name="harmonize", run=run)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from services.blobstore import FileBlobStore
-    from services.state import StateStore
 
 
 def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) -> None:
@@ -36,6 +35,8 @@ def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) ->
     fit.set_defaults(handler=_fit)
     install = actions.add_parser("install", help="store a model and make it current")
     install.add_argument("model", type=Path)
+    install.add_argument("--wait", type=float, default=60.0,
+                         help="while `harmonet up` runs: seconds to wait for it to switch")
     install.set_defaults(handler=_install)
     apply = actions.add_parser("apply", help="harmonize a table of features with a fitted model")
     apply.add_argument("features", type=Path)
@@ -137,11 +138,11 @@ def _write_report(
 
 def _install(args: argparse.Namespace) -> int:
     from harmonize_service.model import ModelFormatError
-    from harmonize_service.store import ModelStore
+    from harmonize_service.store import CURRENT_KEY, put_artifact
 
     return install_artifact(
         args.model, action="install", what="harmonization model", errors=(ModelFormatError,),
-        install=lambda blobs, state, text: ModelStore(blobs=blobs, state=state).install(text),
+        put=put_artifact, pointer=CURRENT_KEY, wait=args.wait,
     )
 
 
@@ -151,26 +152,37 @@ def install_artifact(
     action: str,
     what: str,
     errors: tuple[type[Exception], ...],
-    install: Callable[[FileBlobStore, StateStore, str], str],
+    put: Callable[[FileBlobStore, str], str],
+    pointer: str,
+    wait: float,
 ) -> int:
-    """Store a model file in the blob store and make it current in the state store (Redis,
-    or the embedded state file while `harmonet up` is stopped); a clear error otherwise."""
+    """Store a model file in the blob store (write-once) and make it current: in Redis, in
+    the embedded state file while `harmonet up` is stopped, or through `harmonet up`'s
+    request spool while it runs (`install_requests`); a clear error otherwise."""
+    from harmonize_service.install_requests import request_install
     from services.blobstore import FileBlobStore
     from services.settings import Settings
-    from services.state import StateError, make_state
+    from services.state import StateError, StateInUse, make_state
 
     settings = Settings()
+    refused: tuple[type[Exception], ...] = (*errors, OSError)
+    try:
+        version = put(FileBlobStore(settings.data_dir), path.read_text(encoding="utf-8"))
+    except refused as exc:
+        print(f"harmonize {action}: {exc}", file=sys.stderr)
+        return 1
     try:
         state = make_state(redis_url=settings.redis_url, prefix=settings.state_prefix,
                            path=settings.embedded_state_path)
+    except StateInUse:
+        return request_install(settings.data_dir, pointer=pointer, version=version,
+                               what=what, wait=wait)
     except StateError as exc:
         print(f"harmonize {action}: {exc}", file=sys.stderr)
         return 1
-    caught: tuple[type[Exception], ...] = (*errors, StateError, OSError)
     try:
-        version = install(FileBlobStore(settings.data_dir), state,
-                          path.read_text(encoding="utf-8"))
-    except caught as exc:
+        state.set(pointer, version.encode())
+    except StateError as exc:
         print(f"harmonize {action}: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -35,6 +35,13 @@ def model_key(version: str) -> str:
     return f"{MODEL_PREFIX}/{version.replace(':', '-')}.json"
 
 
+def put_intensity_model(blobs: FileBlobStore, text: str) -> str:
+    """Store a Nyúl model (validated) write-once in the blob store; returns its version."""
+    model = NyulModel.from_json(text)
+    blobs.put_new(model_key(model.version), model.to_json().encode())
+    return model.version
+
+
 @dataclass(frozen=True)
 class IntensityStore:
     blobs: FileBlobStore
@@ -42,10 +49,9 @@ class IntensityStore:
 
     def install(self, text: str) -> str:
         """Store a Nyúl model (validated) and make it current; returns its version."""
-        model = NyulModel.from_json(text)
-        self.blobs.put_new(model_key(model.version), model.to_json().encode())
-        self.state.set(CURRENT_KEY, model.version.encode())
-        return model.version
+        version = put_intensity_model(self.blobs, text)
+        self.state.set(CURRENT_KEY, version.encode())
+        return version
 
     def current(self) -> NyulModel | None:
         raw = self.state.get(CURRENT_KEY)

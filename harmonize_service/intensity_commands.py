@@ -25,6 +25,8 @@ def add_actions(actions: Any) -> None:
     install = actions.add_parser("intensity-install",
                                  help="store a Nyúl model and make the service use it")
     install.add_argument("model", type=Path)
+    install.add_argument("--wait", type=float, default=60.0,
+                         help="while `harmonet up` runs: seconds to wait for it to switch")
     install.set_defaults(handler=_install)
 
 
@@ -83,11 +85,10 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     from harmonize_service.commands import install_artifact
-    from harmonize_service.images import IntensityStore
+    from harmonize_service.images import CURRENT_KEY, put_intensity_model
     from harmonize_service.intensity import IntensityError
 
     return install_artifact(
         args.model, action="intensity-install", what="intensity model",
-        errors=(IntensityError,),
-        install=lambda blobs, state, text: IntensityStore(blobs=blobs, state=state).install(text),
+        errors=(IntensityError,), put=put_intensity_model, pointer=CURRENT_KEY, wait=args.wait,
     )

@@ -13,10 +13,23 @@ from services.state import StateStore
 
 CURRENT_KEY = "harmonize:model:current"
 MODEL_PREFIX = "models/harmonize"
+MODEL_LOCK = "lock:harmonize:model"  # held while the current model is read and replaced
 
 
 def model_key(version: str) -> str:
     return f"{MODEL_PREFIX}/{version.replace(':', '-')}.json"
+
+
+def put_artifact(blobs: FileBlobStore, text: str, *, model: CombatModel | None = None) -> str:
+    """Store a model artefact (validated unless `model` is its parsed form) write-once in
+    the blob store; returns its version. Needs no state store (`harmonet harmonize install`
+    beside a running `harmonet up`)."""
+    if model is None:
+        from_json(text)
+    version = version_of(text)
+    if blobs.put_new(model_key(version), text.encode()) is PutResult.CONFLICT:
+        pass  # same content hash, different bytes: only `created` can differ; keep the first
+    return version
 
 
 @dataclass(frozen=True)
@@ -29,10 +42,7 @@ class ModelStore:
     def put(self, text: str) -> str:
         """Store an artefact (validated first); returns its version. Idempotent."""
         model = from_json(text)
-        version = version_of(text)
-        if self.blobs.put_new(model_key(version), text.encode()) is PutResult.CONFLICT:
-            # Same content hash, different bytes: only `created` can differ; keep the first.
-            pass
+        version = put_artifact(self.blobs, text, model=model)
         with self._lock:
             self._cache[version] = model
         return version

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import secrets
 import socket
 import sys
@@ -38,6 +37,8 @@ from services.blobstore import FileBlobStore
 from services.bus import Bus
 from services.events import StudyReceived, make_event
 from services.runner import Context, Service
+from services.spool import spool as services_spool
+from services.spool import write_json_atomically
 from services.state import StateStore
 from services.state.lock import state_lock
 
@@ -186,14 +187,7 @@ async def run_request(reprocessor: Reprocessor, studies: list[StoredStudy], *, r
 
 
 def spool(data_dir: Path) -> tuple[Path, Path]:
-    return data_dir / "reprocess" / "requests", data_dir / "reprocess" / "done"
-
-
-def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    return services_spool(data_dir, "reprocess")
 
 
 async def serve_requests(context: Context, *, once: bool = False) -> None:

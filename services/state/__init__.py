@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.state.base import StateError, StateStore
+from services.state.base import StateError, StateInUse, StateStore
 from services.state.memory import InMemoryStateStore
 
-__all__ = ["InMemoryStateStore", "StateError", "StateStore", "make_state"]
+__all__ = ["InMemoryStateStore", "StateError", "StateInUse", "StateStore", "make_state"]
 
 
 def make_state(

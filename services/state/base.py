@@ -15,6 +15,10 @@ class StateError(Exception):
     """The state store is unreachable or refused the operation."""
 
 
+class StateInUse(StateError):
+    """The embedded state file is held by another process (`harmonet up`)."""
+
+
 class StateStore(Protocol):
     def ping(self) -> None:
         """Raise `StateError` if the store cannot be reached."""

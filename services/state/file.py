@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.state.base import StateError
+from services.state.base import StateError, StateInUse
 from services.state.memory import InMemoryStateStore
 
 COMPACT_AFTER = 50_000
@@ -41,7 +41,7 @@ class FileStateStore(InMemoryStateStore):
             fcntl.flock(self._guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._guard)
-            raise StateError(f"state store {path} is in use by another process (is `harmonet "
+            raise StateInUse(f"state store {path} is in use by another process (is `harmonet "
                              "up` running? stop it, or use HARMONET_REDIS_URL)") from None
         self._replay()
         self._fd = -1

@@ -22,7 +22,6 @@ from receiver.reprocess import (
     serve_requests,
     spool,
     stored_studies,
-    write_json_atomically,
 )
 from receiver.stability import StabilityMonitor, StudyTracker
 from services.blobstore import FileBlobStore
@@ -30,6 +29,7 @@ from services.config import load_config
 from services.events import StudyReceived, deterministic_id
 from services.runner import Context
 from services.settings import Settings
+from services.spool import write_json_atomically
 from services.state import InMemoryStateStore
 from services.synthetic import fbirn_phantom, iter_instances, small_study
 from tests.support.fakes import RecordingBus

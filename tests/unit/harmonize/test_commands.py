@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -245,9 +247,12 @@ def test_install_in_embedded_mode_writes_the_state_file_harmonet_up_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without Redis the model becomes current in `<data dir>/state/state.jsonl` - the store
-    `harmonet up` opens - and while `up` holds that file the command says so."""
+    `harmonet up` opens. While `up` holds that file the command stores the artefact and
+    queues a request that `up`'s harmonize service carries out (`install_requests.serve`)."""
+    from harmonize_service.install_requests import serve, spool
     from harmonize_service.model import to_json
     from harmonize_service.store import CURRENT_KEY
+    from services.blobstore import FileBlobStore
     from services.settings import Settings
     from services.state.file import FileStateStore
 
@@ -257,13 +262,43 @@ def test_install_in_embedded_mode_writes_the_state_file_harmonet_up_reads(
                                 categorical={"sex"})))
     monkeypatch.delenv("HARMONET_REDIS_URL", raising=False)
     monkeypatch.setenv("HARMONET_DATA_DIR", str(tmp_path / "data"))
-    state_path = Settings().embedded_state_path
-    running_up = FileStateStore(state_path)
-    assert _run("install", str(path)) == 1
-    assert "in use by another process" in capsys.readouterr().err
+    settings = Settings()
+    running_up = FileStateStore(settings.embedded_state_path)
+    assert _run("install", str(path), "--wait", "0.3") == 0  # `up` is busy: queued
+    assert "makes it current when it runs" in capsys.readouterr().err
+    assert running_up.get(CURRENT_KEY) is None
+    requests, done = spool(settings.data_dir)
+    [queued] = list(requests.glob("*.json"))
+    version = json.loads(queued.read_text())["version"]
+    blobs = FileBlobStore(settings.data_dir)
+    asyncio.run(serve(settings.data_dir, state=running_up, blobs=blobs, once=True))
+    assert running_up.get(CURRENT_KEY) == version.encode()
+    assert not list(requests.glob("*.json"))
+    assert json.loads((done / queued.name).read_text())["error"] is None
     running_up.close()
-    assert _run("install", str(path)) == 0
-    version = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
-    restarted_up = FileStateStore(state_path)
+    assert _run("install", str(path)) == 0  # `up` stopped: the command sets it itself
+    assert capsys.readouterr().out.strip().rsplit(" ", 1)[-1] == version
+    restarted_up = FileStateStore(settings.embedded_state_path)
     assert restarted_up.get(CURRENT_KEY) == version.encode()
     restarted_up.close()
+
+
+def test_install_requests_only_point_at_stored_model_artefacts(tmp_path: Path) -> None:
+    """A request naming another state key, or an artefact not in the blob store, changes
+    nothing and says why in its done file."""
+    from harmonize_service.install_requests import serve, spool
+    from harmonize_service.store import CURRENT_KEY
+    from services.blobstore import FileBlobStore
+    from services.spool import write_json_atomically
+    from services.state import InMemoryStateStore
+
+    state = InMemoryStateStore()
+    requests, done = spool(tmp_path)
+    write_json_atomically(requests / "a.json", {"id": "a", "pointer": "receiver:anything",
+                                                "version": "sha256:00"})
+    write_json_atomically(requests / "b.json", {"id": "b", "pointer": CURRENT_KEY,
+                                                "version": "sha256:" + "0" * 64})
+    asyncio.run(serve(tmp_path, state=state, blobs=FileBlobStore(tmp_path), once=True))
+    assert "not a model pointer" in json.loads((done / "a.json").read_text())["error"]
+    assert "no artefact" in json.loads((done / "b.json").read_text())["error"]
+    assert state.get("receiver:anything") is None and state.get(CURRENT_KEY) is None
