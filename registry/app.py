@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import uvicorn
-from sqlalchemy import update
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,12 +51,15 @@ class RegistryConsumer:
     source: str
     writer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="registry-writer"))
+    schema_ready: asyncio.Event | None = None  # deliveries wait until it is set (None: no wait)
     _publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def write(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.writer, work)
 
     async def __call__(self, delivery: Delivery) -> None:
+        if self.schema_ready is not None:
+            await self.schema_ready.wait()
         try:
             recorded = await self.write(lambda: self._record(delivery.event))
         except InvalidEvent as exc:
@@ -159,13 +162,39 @@ def _check_missing(sessions: sessionmaker[Session], config: HarmonetConfig,
         flag_missing_series(session, config, now=utcnow(), after_hours=hours)
 
 
+async def _migrate(engine: Engine) -> None:
+    """Migrate, retrying (database down, disk full) instead of failing the service: its
+    consumer is subscribed already, and a restarted service would subscribe a second one."""
+    pause = 1.0
+    while True:
+        try:
+            await asyncio.to_thread(migrate, engine)
+        except Exception as exc:
+            metrics.set_ready("service_registry", False, f"migration failed: {exc}"[:200])
+            log.exception("registry database not migrated; retrying",
+                          extra={"retry_in_seconds": pause})
+            await asyncio.sleep(pause)
+            pause = min(60.0, pause * 2)
+        else:
+            metrics.set_ready("service_registry", True)
+            return
+
+
 async def run(context: Context) -> None:
     settings = context.settings
     engine = make_engine(database_url(settings))
-    await asyncio.to_thread(migrate, engine)
     sessions = session_factory(engine)
+    schema_ready = asyncio.Event()
     consumer = RegistryConsumer(sessions=sessions, bus=context.bus,
-                                source=f"harmonet/registry/{socket.gethostname()}")
+                                source=f"harmonet/registry/{socket.gethostname()}",
+                                schema_ready=schema_ready)
+    # Subscribed before migrating, deliveries waiting for the schema: the in-process bus of
+    # `harmonet up` routes an event only to the queues declared so far, and a study left
+    # pending by a crash is published as soon as the receiver starts - before a migration
+    # ends, so the registry never recorded its receipt nor processed the revision.
+    await context.bus.subscribe(QUEUE, ["#"], consumer)
+    await _migrate(engine)
+    schema_ready.set()
     state = RegistryState(
         sessions=sessions, blobs=context.blobs, bus_ready=bus_probe(settings.amqp_url),
         dictionary_path=settings.clinical_dictionary,
@@ -189,7 +218,6 @@ async def run(context: Context) -> None:
     ]
     try:
         await consumer.publish_outbox()
-        await context.bus.subscribe(QUEUE, ["#"], consumer)
         log.info("registry ready", extra={"api_port": settings.api_port,
                                           "database": engine.url.render_as_string()})
         await asyncio.gather(*tasks)
