@@ -29,7 +29,7 @@ from typing import Any
 from pynetdicom import AE, build_context
 from tqdm import tqdm
 
-from services import demo_data
+from services import demo_data, demo_harmonize
 from services.demo_data import CONSORTIUM, QUICK, DemoScanner, DemoSizes, DemoStudy
 from services.demo_progress import Observed, ProgressSource, choose_source, reachable
 
@@ -72,6 +72,8 @@ def register(verbs: Any, service_parsers: dict[str, argparse.ArgumentParser]) ->
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds to wait for every study to be processed")
     parser.add_argument("--no-wait", action="store_true", help="push, then exit")
+    parser.add_argument("--no-harmonize", action="store_true",
+                        help="skip fitting a harmonization model and the follow-up visits")
     parser.set_defaults(handler=run_demo)
 
 
@@ -89,6 +91,7 @@ class DemoOptions:
     seed: str
     timeout: float
     wait: bool = True
+    harmonize: bool = True
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
 
@@ -102,7 +105,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         host=args.host, port=args.port, called_ae=args.aec, api=args.api.rstrip("/"),
         token=args.token, metrics_url=args.metrics_url, data_dir=args.data_dir, sizes=sizes,
         scanners=CONSORTIUM[: args.sites], seed=args.seed, timeout=args.timeout,
-        wait=not args.no_wait,
+        wait=not args.no_wait, harmonize=not args.no_harmonize,
     )
 
 
@@ -147,13 +150,49 @@ def demo(options: DemoOptions) -> int:
               f"{options.data_dir} (pass --api/--token or --data-dir)", file=sys.stderr)
         return EXIT_INCOMPLETE
     observed, stage = wait_processed(options, source, sent)
+    step: HarmonizationStep | None = None
+    if options.harmonize and _all_done(sent, observed, stage):
+        step = harmonize_then_follow_up(options, sent)
+        if step.version is not None:
+            observed, stage = wait_processed(options, source, sent)
     print(summary_table(options, sent, observed, stage=stage))
-    print(outcome_lines(options, observed))
+    print(outcome_lines(options, observed, step))
     print(urls(options))
     print(f"total {time.monotonic() - started:.0f} s (push {push_seconds:.0f} s)",
           file=sys.stderr)
     done = _all_done(sent, observed, stage)
-    return EXIT_OK if done and _expected(options, observed) else EXIT_INCOMPLETE
+    return EXIT_OK if done and _expected(options, observed, step) else EXIT_INCOMPLETE
+
+
+@dataclass(frozen=True)
+class HarmonizationStep:
+    version: str | None  # the model installed, None when the step could not run
+    detail: str  # what was fitted, or why not
+    follow_ups: int = 0  # follow-up studies sent once the model was current
+
+
+def harmonize_then_follow_up(options: DemoOptions, sent: dict[str, Sent]) -> HarmonizationStep:
+    """Fit ComBat on the first wave's subjects, install it while HarmoNet runs, send every
+    subject's follow-up visit (`services/demo_harmonize.py`); adds them to `sent`."""
+    journal = options.data_dir / "events" / "events.jsonl"
+    if not journal.exists():
+        return HarmonizationStep(None, f"no event journal of `harmonet up` at {journal}")
+    model, detail = demo_harmonize.fit_reference(demo_harmonize.reference_table(journal))
+    if model is None:
+        return HarmonizationStep(None, detail)
+    version, info = demo_harmonize.install(model, options.data_dir)
+    if version is None:
+        return HarmonizationStep(None, f"`harmonet harmonize install` failed: {info}")
+    print(f"harmonization model {version} installed ({detail}); sending follow-up visits",
+          file=sys.stderr)
+    again = push_all(options, demo_data.follow_ups(options.scanners, options.sizes,
+                                                   seed=options.seed))
+    for scanner_id, more in again.items():
+        total = sent.setdefault(scanner_id, Sent())
+        total.studies += more.studies
+        total.instances += more.instances
+        total.failed += more.failed
+    return HarmonizationStep(version, detail, sum(r.studies for r in again.values()))
 
 
 # --- DICOM -----------------------------------------------------------------------------
@@ -338,7 +377,11 @@ def _all_done(sent: dict[str, Sent], observed: Observed, stage: str) -> bool:
     return _count(sent, observed, stage) >= sum(r.studies for r in sent.values())
 
 
-def _expected(options: DemoOptions, observed: Observed) -> bool:
+def _expected(options: DemoOptions, observed: Observed,
+              step: HarmonizationStep | None = None) -> bool:
+    if step is not None and step.version is not None and (
+            _harmonized(observed) < step.follow_ups):
+        return False
     for scanner in options.scanners:
         if scanner.drifts and options.sizes.weeks > demo_data.DRIFT_AFTER_WEEK and not (
                 observed.alerts.get(scanner.scanner_id)):
@@ -349,11 +392,15 @@ def _expected(options: DemoOptions, observed: Observed) -> bool:
     return True
 
 
+def _harmonized(observed: Observed) -> int:
+    return sum(len(uids) for uids in observed.harmonized.values())
+
+
 def summary_table(options: DemoOptions, sent: dict[str, Sent], observed: Observed, *,
                   stage: str) -> str:
     """One row per scanner; "processed" counts the studies that reached `stage`."""
     header = ("site", "scanner", "vendor", "studies sent", "processed", "deviant studies",
-              "stability alerts")
+              "stability alerts", "harmonized")
     rows = [header]
     for scanner in options.scanners:
         sid = scanner.scanner_id
@@ -362,6 +409,7 @@ def summary_table(options: DemoOptions, sent: dict[str, Sent], observed: Observe
             scanner.site, sid, scanner.identity.manufacturer, str(sent[sid].studies),
             str(len(observed.at(stage, sid))), str(len(observed.deviant.get(sid, ()))),
             f"{len(alerts)} ({', '.join(alerts)})" if alerts else "0",
+            str(len(observed.harmonized.get(sid, ()))),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -370,8 +418,18 @@ def summary_table(options: DemoOptions, sent: dict[str, Sent], observed: Observe
     return "\n".join(lines)
 
 
-def outcome_lines(options: DemoOptions, observed: Observed) -> str:
+def outcome_lines(options: DemoOptions, observed: Observed,
+                  step: HarmonizationStep | None = None) -> str:
     lines = []
+    if step is not None and step.version is None:
+        lines.append(f"[--] harmonization not shown: {step.detail}")
+    elif step is not None and step.version is not None:
+        harmonized = _harmonized(observed)
+        mark = "ok" if harmonized >= step.follow_ups else "MISSING"
+        lines.append(f"[{mark}] harmonization: model {step.version[:19]}... ({step.detail}) "
+                     f"installed while HarmoNet runs -> {harmonized}/{step.follow_ups} "
+                     "follow-up studies harmonized (the first wave arrived before the model: "
+                     "not_applicable)")
     for scanner in options.scanners:
         sid = scanner.scanner_id
         if scanner.drifts:

@@ -183,10 +183,23 @@ def _phantom(scanner: DemoScanner, sizes: DemoSizes, *, week: int, seed: str) ->
     return DemoStudy(scanner, "phantom", week, f"fBIRN phantom week {week}", spec)
 
 
-def _subject(scanner: DemoScanner, sizes: DemoSizes, *, number: int, week: int, seed: str
-             ) -> DemoStudy:
-    key = f"{seed}/{scanner.scanner_id}/subject/{number}"
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
+def follow_ups(scanners: tuple[DemoScanner, ...], sizes: DemoSizes, *, seed: str
+               ) -> dict[str, list[DemoStudy]]:
+    """Every subject of `plan` back for a second visit, the week after the last phantom."""
+    return {
+        scanner.scanner_id: [
+            _subject(scanner, sizes, number=number, week=sizes.weeks + 1, seed=seed, visit=2)
+            for number in range(1, sizes.subjects + 1)
+        ]
+        for scanner in scanners
+    }
+
+
+def _subject(scanner: DemoScanner, sizes: DemoSizes, *, number: int, week: int, seed: str,
+             visit: int = 1) -> DemoStudy:
+    subject_key = f"{seed}/{scanner.scanner_id}/subject/{number}"
+    key = subject_key if visit == 1 else f"{subject_key}/visit/{visit}"  # a new study
+    rng = np.random.default_rng(zlib.crc32(subject_key.encode()))  # the same person
     head_scale = float(np.clip(rng.normal(1.0, 0.04), 0.9, 1.1))
     age = int(rng.integers(55, 80))
     subject = Subject(
@@ -204,7 +217,9 @@ def _subject(scanner: DemoScanner, sizes: DemoSizes, *, number: int, week: int, 
     bold = _bold_series(scanner, sizes, head_scale, key)
     spec = StudySpec(seed=key, subject=subject, scanner=scanner.identity,
                      study_date=_study_date(week), series=(t1, bold))
-    return DemoStudy(scanner, "subject", week, f"subject {number:02d} (T1w + rs-fMRI)", spec)
+    visit_label = "" if visit == 1 else f", visit {visit}"
+    return DemoStudy(scanner, "subject", week,
+                     f"subject {number:02d} (T1w + rs-fMRI{visit_label})", spec)
 
 
 def _t1_images(effects: SiteEffects, head_scale: float, slices: int, key: str

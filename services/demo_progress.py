@@ -31,12 +31,14 @@ def _scanner_sets() -> defaultdict[str, set[str]]:
 @dataclass
 class Observed:
     """What the demo saw: per stage (routing key) and scanner id the study uids that reached
-    it; per scanner the deviant study uids and the metrics that went out of control."""
+    it; per scanner the deviant study uids, the metrics that went out of control and the
+    study uids harmonized (status `harmonized`)."""
 
     stages: defaultdict[str, defaultdict[str, set[str]]] = field(
         default_factory=lambda: defaultdict(_scanner_sets))
     deviant: defaultdict[str, set[str]] = field(default_factory=_scanner_sets)
     alerts: defaultdict[str, set[str]] = field(default_factory=_scanner_sets)
+    harmonized: defaultdict[str, set[str]] = field(default_factory=_scanner_sets)
 
     def at(self, stage: str, scanner: str) -> set[str]:
         return self.stages[stage][scanner]
@@ -101,6 +103,8 @@ def with_event(observed: Observed, event: dict[str, Any]) -> None:
     if routing_key == "study.compliance.checked" and any(
             series.get("verdict") == "deviant" for series in data.get("series", [])):
         observed.deviant[scanner].add(study_uid)
+    if routing_key == "study.harmonized" and data.get("status") == "harmonized":
+        observed.harmonized[scanner].add(study_uid)
     if routing_key == "scanner.stability.alert" and data.get("state") == "out_of_control":
         observed.alerts[scanner].add(str(data.get("metric")))
 
@@ -134,6 +138,8 @@ class RegistrySource:
                 observed.at("study.processed", scanner).add(uid)
             if study.get("compliance_status") in ("deviant", "excluded"):
                 observed.deviant[scanner].add(uid)
+            if study.get("harmonization_status") == "harmonized":
+                observed.harmonized[scanner].add(uid)
         for alert in self.pages("/api/v1/alerts"):
             if alert.get("state") == "out_of_control":
                 observed.alerts[str(alert.get("scanner"))].add(str(alert.get("metric")))

@@ -1,6 +1,8 @@
-"""The issue's must-show: `harmonet up`, then `harmonet demo --quick`, then the registry page
-in a real headless browser (Debian's chromium through playwright). A screenshot of the page
-is kept under `test-artifacts/` (or `$HARMONET_TEST_ARTIFACTS`)."""
+"""The issue's must-show: `harmonet up`, then `harmonet demo --quick --subjects 2` (two
+subjects per site, so the demo can fit and install a harmonization model and send their
+follow-up visits), then the registry page in a real headless browser (Debian's chromium
+through playwright). A screenshot of the page is kept under `test-artifacts/` (or
+`$HARMONET_TEST_ARTIFACTS`)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from tests.support.processes import free_port, run_harmonet
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
-QUICK_STUDIES = 3 * (1 + 10)  # sites x (subjects + phantom weeks) of `--quick`
+SUBJECTS = 2
+PER_SITE = 2 * SUBJECTS + 10  # two visits per subject + the phantom weeks of `--quick`
+QUICK_STUDIES = 3 * PER_SITE
 
 
 def artefact_dir() -> Path:
@@ -58,7 +62,8 @@ def test_demo_ends_processed_alerted_flagged_and_on_the_registry_page(tmp_path: 
         _wait_http(f"{api}/healthz")
         started = time.monotonic()
         demo = subprocess.run(
-            [sys.executable, "-m", "services.cli", "demo", "--quick", "--host", "127.0.0.1",
+            [sys.executable, "-m", "services.cli", "demo", "--quick", "--subjects",
+             str(SUBJECTS), "--host", "127.0.0.1",
              "--port", str(harmonet.dicom_port), "--api", api, "--data-dir", str(data),
              "--metrics-url", f"http://127.0.0.1:{harmonet.metrics_port}/metrics",
              "--timeout", "900"],
@@ -70,13 +75,23 @@ def test_demo_ends_processed_alerted_flagged_and_on_the_registry_page(tmp_path: 
             f"{seconds:.0f} s\n{demo.stdout}\n{demo.stderr[-5000:]}")
         assert demo.returncode == 0, demo.stdout + demo.stderr[-3000:]
         assert "[ok] naples-signa" in demo.stdout and "[ok] leiden" in demo.stdout
+        assert "[ok] harmonization" in demo.stdout
 
         # every demo study processed, the drift alerted, the deviation flagged: the events
         # (a study whose push was interrupted and resumed may have two revisions)
         processed = {(e.data["scanner"], e.data["study_uid"])
                      for e in journal_events(data, "study.processed")}
         assert Counter(scanner for scanner, _ in processed) == {
-            "milan-prisma": 11, "naples-signa": 11, "leiden-ingenia": 11}
+            "milan-prisma": PER_SITE, "naples-signa": PER_SITE, "leiden-ingenia": PER_SITE}
+        # the follow-up visits, sent once the demo's model was installed, are harmonized
+        # with it; the first wave arrived before any model
+        harmonized = [e.data for e in journal_events(data, "study.harmonized")]
+        done = [h for h in harmonized if h["status"] == "harmonized"]
+        assert Counter(site for site, _ in {(h["site"], h["study_uid"]) for h in done}) == {
+            "milan": SUBJECTS, "naples": SUBJECTS, "leiden": SUBJECTS}
+        assert len({h["model_version"] for h in done}) == 1
+        assert {h["reason"] for h in harmonized if h["status"] == "not_applicable"} == {
+            "no_model", "phantom"}
         alerts = [e.data for e in journal_events(data, "scanner.stability.alert")]
         assert {a["scanner"] for a in alerts if a["state"] == "out_of_control"} == {
             "naples-signa"}
@@ -98,9 +113,12 @@ def test_demo_ends_processed_alerted_flagged_and_on_the_registry_page(tmp_path: 
                 rows = page.locator("#studies tr.study")
                 assert rows.count() == QUICK_STUDIES
                 for site in ("milan", "naples", "leiden"):
-                    assert page.locator("#studies tr.study", has_text=site).count() == 11
+                    assert page.locator("#studies tr.study", has_text=site).count() == PER_SITE
                 flagged = page.locator("#studies tr.study.status-excluded")
-                assert flagged.count() == 1 and "leiden" in flagged.first.inner_text()
+                assert flagged.count() == 2 * SUBJECTS  # leiden's T1w TR, both visits
+                assert all("leiden" in text for text in flagged.all_inner_texts())
+                cells = page.locator("#studies td.harmonization").all_inner_texts()
+                assert cells.count("harmonized") == 3 * SUBJECTS
                 assert page.locator("#studies tr.study.status-pending").count() == 0
                 trends = page.locator("#phantom-trends svg.trend[data-scanner='naples-signa']"
                                       "[data-metric='sfnr']")
