@@ -8,6 +8,7 @@ Unreachable servers skip the tests that need them locally and fail them when
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -130,9 +131,9 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 # --- PostgreSQL -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database `harmonet_test_<random>`, dropped at the end."""
+@contextlib.contextmanager
+def _fresh_database() -> Iterator[str]:
+    """A new database `harmonet_test_<random>` on the test server, dropped at the end."""
     try:
         import psycopg
         from psycopg import sql
@@ -151,3 +152,18 @@ def postgres_url() -> Iterator[str]:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
             )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The session's database (tests in it isolate themselves, e.g. by schema)."""
+    with _fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_postgres_url() -> Iterator[str]:
+    """A database for this test alone: for a whole service (the registry) whose rows the
+    test counts."""
+    with _fresh_database() as url:
+        yield url

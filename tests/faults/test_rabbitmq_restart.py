@@ -81,7 +81,7 @@ def logical_duplicates(
 
 @pytest.mark.timeout(420)
 async def test_broker_restart_while_studies_flow_loses_and_duplicates_nothing(
-    tmp_path: Path, redis_url: str, redis_prefix: str, postgres_url: str
+    tmp_path: Path, redis_url: str, redis_prefix: str, own_postgres_url: str
 ) -> None:
     require_tool("storescu")
     studies, expected = [], set()
@@ -105,7 +105,7 @@ async def test_broker_restart_while_studies_flow_loses_and_duplicates_nothing(
             "HARMONET_REDIS_URL": redis_url,
             "HARMONET_STATE_PREFIX": redis_prefix + unique_name("broker-") + ":",
             "HARMONET_PSEUDONYM_KEY": PSEUDONYM_KEY,
-            "HARMONET_DATABASE_URL": postgres_url,
+            "HARMONET_DATABASE_URL": own_postgres_url,
         }
         try:
             services: dict[str, HarmonetProcess] = {
@@ -134,7 +134,7 @@ async def test_broker_restart_while_studies_flow_loses_and_duplicates_nothing(
             await asyncio.sleep(3)  # let redeliveries, if any, land
             seen, different_ids, copies = logical_duplicates(recorded)
             published = expected_revisions(recorded)
-            rows = await asyncio.to_thread(wait_for_registry, postgres_url, published,
+            rows = await asyncio.to_thread(wait_for_registry, own_postgres_url, published,
                                            timeout=60)
             alive = {verb: s.proc.poll() is None for verb, s in services.items()}
             # The outage was real to every service: its connection dropped and it retried.

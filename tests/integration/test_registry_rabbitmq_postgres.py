@@ -43,10 +43,10 @@ async def _collect(queue: aio_pika.abc.AbstractQueue, seconds: float) -> list[di
 
 
 async def test_registry_records_events_once_and_serves_them(
-    tmp_path: Path, rabbitmq_url: str, postgres_url: str
+    tmp_path: Path, rabbitmq_url: str, own_postgres_url: str
 ) -> None:
     api_port = free_port()
-    env = {"HARMONET_AMQP_URL": rabbitmq_url, "HARMONET_DATABASE_URL": postgres_url,
+    env = {"HARMONET_AMQP_URL": rabbitmq_url, "HARMONET_DATABASE_URL": own_postgres_url,
            "HARMONET_API_PORT": str(api_port), "HARMONET_API_HOST": "127.0.0.1"}
     created = await asyncio.to_thread(
         subprocess.run,
