@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the push, kill until the study is processed (default) "
                         "or only before it is published")
     parser.add_argument("--quick", action="store_true",
-                        help="1 round of 100 instances, --window stable")
+                        help="1 round of 100 instances")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.instances, args.window = 1, 100, "stable"
+        args.rounds, args.instances = 1, 100
     # SIGTERM unwinds like Ctrl-C, so the `harmonet up` children are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path.insert(0, str(REPO))

@@ -61,6 +61,7 @@ def build_context(settings: Settings, config: HarmonetConfig, *, bus_name: str) 
             max_attempts=settings.bus_max_attempts,
             prefetch=settings.bus_prefetch,
             name=bus_name,
+            journal_path=settings.embedded_bus_path,
         ),
         state=make_state(redis_url=settings.redis_url, prefix=settings.state_prefix,
                       path=settings.embedded_state_path),

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         return self.data_dir / "state" / "state.jsonl"
 
     @property
+    def embedded_bus_path(self) -> Path:
+        """The journal of the in-process bus (used when HARMONET_AMQP_URL is unset)."""
+        return self.data_dir / "bus" / "bus.jsonl"
+
+    @property
     def config_path(self) -> Path | None:
         """The configuration file in force: explicit, else `<data dir>/harmonet.yaml` if present."""
         if self.config is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from services.bus.base import (
     DEAD_LETTER_EXCHANGE,
     EXCHANGE,
@@ -30,10 +32,13 @@ __all__ = [
 ]
 
 
-def make_bus(*, amqp_url: str | None, max_attempts: int, prefetch: int, name: str) -> Bus:
-    """RabbitMQ when `amqp_url` is set (`HARMONET_AMQP_URL`), else the in-process bus."""
+def make_bus(*, amqp_url: str | None, max_attempts: int, prefetch: int, name: str,
+             journal_path: Path | None = None) -> Bus:
+    """RabbitMQ when `amqp_url` is set (`HARMONET_AMQP_URL`), else the in-process bus,
+    journalled to `journal_path` when one is given (what `harmonet up` does)."""
     if amqp_url is None:
-        return InMemoryBus(max_attempts=max_attempts, prefetch=prefetch)
+        return InMemoryBus(max_attempts=max_attempts, prefetch=prefetch,
+                           journal_path=journal_path)
     # Imported here so `harmonet up` never loads aio-pika.
     from services.bus.rabbitmq import RabbitMQBus
 

@@ -4,6 +4,8 @@ Used by `harmonet up` and by tests. Queues are declared by the first `subscribe`
 and outlive `close()` (like durable queues on a broker): messages routed to a
 declared queue while no consumer is attached wait for the next one. Every event
 crosses the bus as bytes, so consumers never share objects with the publisher.
+With a `journal_path` (what `harmonet up` passes) queues and unfinished messages also
+outlive the process (`services/bus/journal.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -24,6 +27,7 @@ from services.bus.base import (
     Handler,
     RetryableError,
 )
+from services.bus.journal import BusJournal
 from services.events import CloudEvent
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ class _Message:
     body: bytes
     routing_key: str
     attempt: int = 1
+    seq: int | None = None  # its record in the bus journal, if there is one
 
 
 @dataclass
@@ -99,13 +104,21 @@ class _Queue:
 class InMemoryBus:
     """`Bus` in one process; prefetch bounds the concurrent handlers of each queue."""
 
-    def __init__(self, max_attempts: int = 5, prefetch: int = 16) -> None:
+    def __init__(self, max_attempts: int = 5, prefetch: int = 16, *,
+                 journal_path: Path | None = None) -> None:
         if max_attempts < 1 or prefetch < 1:
             raise ValueError("max_attempts and prefetch must be at least 1")
         self._max_attempts = max_attempts
         self._prefetch = prefetch
         self._queues: dict[str, _Queue] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._journal = BusJournal(journal_path) if journal_path is not None else None
+        if self._journal is not None:  # the queues and what they had not finished
+            backlog = self._journal.backlog()
+            for name, patterns in self._journal.bindings().items():
+                queue = self._queues[name] = _Queue(name, prefetch, set(patterns))
+                for seq, routing_key, body in backlog.get(name, []):
+                    queue.pending.put_nowait(_Message(body, routing_key, seq=seq))
 
     async def connect(self) -> None:
         return None
@@ -120,6 +133,9 @@ class InMemoryBus:
             task.cancel()
         await asyncio.gather(*dispatchers, return_exceptions=True)
         await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._journal is not None:  # what is still queued is delivered at the next start
+            self._journal.close()
+            self._journal = None
 
     async def drain(self) -> None:
         """Wait until every queue with a consumer is empty and no handler is running."""
@@ -134,15 +150,20 @@ class InMemoryBus:
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         """Route raw bytes as if a peer had published them (replaying dead letters, tests)."""
-        for queue in self._queues.values():
-            if queue.bound_to(routing_key):
-                queue.pending.put_nowait(_Message(bytes(body), routing_key))
+        targets = [queue for queue in self._queues.values() if queue.bound_to(routing_key)]
+        seq = None
+        if self._journal is not None and targets:
+            seq = self._journal.routed(routing_key, bytes(body), [q.name for q in targets])
+        for queue in targets:
+            queue.pending.put_nowait(_Message(bytes(body), routing_key, seq=seq))
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Handler) -> None:
         declared = self._queues.get(queue)
         if declared is None:
             declared = self._queues[queue] = _Queue(queue, self._prefetch)
         declared.patterns.update(patterns)
+        if self._journal is not None:
+            self._journal.bound(queue, set(patterns))
         declared.handlers.append(handler)
         if declared.dispatcher is None:
             declared.dispatcher = asyncio.create_task(
@@ -172,16 +193,19 @@ class InMemoryBus:
 
     async def _deliver(self, queue: _Queue, handler: Handler, message: _Message) -> None:
         try:
-            await self._handle(queue, handler, message)
+            finished = await self._handle(queue, handler, message)
         finally:
             queue.slots.release()
+        if finished and message.seq is not None and self._journal is not None:
+            self._journal.done(message.seq, queue.name)
 
-    async def _handle(self, queue: _Queue, handler: Handler, message: _Message) -> None:
+    async def _handle(self, queue: _Queue, handler: Handler, message: _Message) -> bool:
+        """Deliver once; False when the message went back on the queue for another try."""
         try:
             event = CloudEvent.from_json(message.body)
         except ValidationError as exc:
             self._dead_letter(queue, message, None, invalid_body_reason(exc))
-            return
+            return True
         delivery = Delivery(event=event, attempt=message.attempt, routing_key=message.routing_key)
         consumed = metrics.EVENTS_CONSUMED.labels
         started = time.perf_counter()
@@ -195,12 +219,14 @@ class InMemoryBus:
             else:
                 consumed(service=queue.name, type=event.type, result="retried").inc()
                 queue.pending.put_nowait(replace(message, attempt=message.attempt + 1))
+                return False
         except Exception as exc:
             consumed(service=queue.name, type=event.type, result="dead_lettered").inc()
             self._dead_letter(queue, message, event, failure_reason(exc))
         else:
             consumed(service=queue.name, type=event.type, result="ok").inc()
             metrics.STAGE_DURATION.labels(stage=queue.name).observe(time.perf_counter() - started)
+        return True
 
     def _dead_letter(
         self, queue: _Queue, message: _Message, event: CloudEvent | None, reason: str

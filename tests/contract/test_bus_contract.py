@@ -29,6 +29,7 @@ from services.events import CloudEvent, schema_url
 
 BACKENDS = [
     pytest.param("memory", id="memory"),
+    pytest.param("memory-journal", id="memory-journal"),  # what `harmonet up` runs
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.integration),
 ]
 
@@ -97,7 +98,10 @@ async def bus_factory(request: pytest.FixtureRequest) -> AsyncIterator[BusFactor
 
     def factory(*, max_attempts: int = 3, prefetch: int = 16) -> Any:
         bus: Any
-        if url is None:
+        if request.param == "memory-journal":
+            path = request.getfixturevalue("tmp_path") / f"bus-{len(buses)}" / "bus.jsonl"
+            bus = InMemoryBus(max_attempts=max_attempts, prefetch=prefetch, journal_path=path)
+        elif url is None:
             bus = InMemoryBus(max_attempts=max_attempts, prefetch=prefetch)
         else:
             bus = RabbitMQBus(

@@ -24,11 +24,11 @@ publish and while compliance, QC, harmonization and the registry work. `harmonet
 journals its state store to disk (`services/state/file.py`), so a study pending or
 published before the kill is known after the restart. Each round records the phase its
 kill landed in (`KillRound.phase`: push / stable / pipeline). A kill in the pipeline
-phase loses the events queued in the in-process bus (memory only) that no stage had
-handled yet, and the re-push publishes nothing new: the study is never processed
-(docs/reliability.md, "Not covered yet"). The suite's rounds therefore use the `stable`
-window and a strict xfail shows the pipeline case; `benchmarks/faults.py` uses
-`processed` by default.
+phase leaves events queued in the in-process bus that no stage had handled yet; its
+journal (`services/bus/journal.py`) delivers them again at the restart (before it had
+one, such a study was never processed). The suite's rounds use the `processed` window,
+plus one round after the push and before the publish, and one killed while QC works;
+`benchmarks/faults.py` uses `processed` by default.
 """
 
 from __future__ import annotations
