@@ -16,14 +16,14 @@ time holds it (flock).
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import json
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from services.appendlog import lock_exclusive, records, rewrite
 
 COMPACT_AFTER = 20_000
 
@@ -49,15 +49,13 @@ class BusJournal:
         self._seq = 0
         self._writes = 0
         self._fd = -1
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._guard = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._guard)
+        guard = lock_exclusive(path)
+        if guard is None:
             raise BusJournalInUse(f"bus journal {path} is in use by another process (is "
-                                  "`harmonet up` running? or use HARMONET_AMQP_URL)") from None
-        self._replay()
+                                  "`harmonet up` running? or use HARMONET_AMQP_URL)")
+        self._guard = guard
+        for record in records(path):
+            self._apply(record)
         self._compact()
 
     # --- what the bus asks -------------------------------------------------------------
@@ -118,21 +116,6 @@ class BusJournal:
         if self._writes >= self._compact_after:
             self._compact()
 
-    def _replay(self) -> None:
-        if not self._path.exists():
-            return
-        lines = self._path.read_bytes().split(b"\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if number >= len(lines) - 1:
-                    break  # a line torn by the crash: the write it held never returned
-                raise RuntimeError(f"{self._path} line {number} is corrupt") from None
-            self._apply(record)
-
     def _apply(self, record: dict[str, Any]) -> None:
         op = record.get("op")
         if op == "bind":
@@ -150,27 +133,11 @@ class BusJournal:
                     del self._unfinished[int(record["n"])]
 
     def _compact(self) -> None:
-        """Rewrite as the bindings and the unfinished messages (temp file, fsync, rename)."""
-        tmp = self._path.with_name(self._path.name + ".compact")
-        with tmp.open("wb") as out:
-            for queue, patterns in sorted(self._bindings.items()):
-                out.write(json.dumps({"op": "bind", "q": queue, "p": sorted(patterns)}).encode()
-                          + b"\n")
-            for seq, message in sorted(self._unfinished.items()):
-                out.write(json.dumps({
-                    "op": "route", "n": seq, "rk": message.routing_key,
-                    "q": sorted(message.queues), "b": base64.b64encode(message.body).decode(),
-                }).encode() + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self._path)
-        with contextlib.suppress(OSError):
-            directory = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+        """Rewrite as the bindings and the unfinished messages (`appendlog.rewrite`)."""
+        binds = [{"op": "bind", "q": queue, "p": sorted(patterns)}
+                 for queue, patterns in sorted(self._bindings.items())]
+        routes = [{"op": "route", "n": seq, "rk": message.routing_key,
+                   "q": sorted(message.queues), "b": base64.b64encode(message.body).decode()}
+                  for seq, message in sorted(self._unfinished.items())]
+        self._fd = rewrite(self._path, [*binds, *routes], old_fd=self._fd)
         self._writes = 0

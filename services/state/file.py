@@ -15,13 +15,13 @@ journal is locked (flock); a second opener gets `StateError`.
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from services.appendlog import CorruptJournal, lock_exclusive, records, rewrite
 from services.state.base import StateError, StateInUse
 from services.state.memory import InMemoryStateStore
 
@@ -35,14 +35,11 @@ class FileStateStore(InMemoryStateStore):
         self._path = path
         self._compact_after = compact_after
         self._writes = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._guard = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._guard)
+        guard = lock_exclusive(path)
+        if guard is None:
             raise StateInUse(f"state store {path} is in use by another process (is `harmonet "
-                             "up` running? stop it, or use HARMONET_REDIS_URL)") from None
+                             "up` running? stop it, or use HARMONET_REDIS_URL)")
+        self._guard = guard
         self._replay()
         self._fd = -1
         self._compact()
@@ -119,19 +116,11 @@ class FileStateStore(InMemoryStateStore):
             self._compact()
 
     def _replay(self) -> None:
-        if not self._path.exists():
-            return
-        lines = self._path.read_bytes().split(b"\n")
-        for number, raw in enumerate(lines, start=1):
-            if not raw:
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                if number >= len(lines) - 1:
-                    break  # the torn last write of a crash
-                raise StateError(f"{self._path} line {number} is corrupt") from None
-            self._apply(record)
+        try:
+            for record in records(self._path):
+                self._apply(record)
+        except CorruptJournal as exc:
+            raise StateError(str(exc)) from None
 
     def _apply(self, record: dict[str, Any]) -> None:
         op, key = record["op"], record["k"]
@@ -154,30 +143,16 @@ class FileStateStore(InMemoryStateStore):
             base.zrem_if_score(self, key, record["m"], float(record["s"]))
 
     def _compact(self) -> None:
-        """Rewrite the journal as the live keys only (temp file, fsync, rename, fsync dir)."""
+        """Rewrite the journal as the live keys only (`appendlog.rewrite`)."""
         with self._lock:
-            tmp = self._path.with_name(self._path.name + ".compact")
             now_wall, now_mono = time.time(), time.monotonic()
-            with tmp.open("w", encoding="utf-8") as out:
-                for full_key, entry in list(self._entries.items()):
-                    key = full_key[len(self._prefix):]
-                    at = (None if entry.expires_at is None
-                          else now_wall + entry.expires_at - now_mono)
-                    if at is not None and at <= now_wall:
-                        continue
-                    for record in _records(key, entry.kind, entry, at):
-                        out.write(json.dumps(record, separators=(",", ":")) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self._path)
-            directory = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-            if self._fd >= 0:
-                os.close(self._fd)
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            live: list[dict[str, Any]] = []
+            for full_key, entry in list(self._entries.items()):
+                key = full_key[len(self._prefix):]
+                at = None if entry.expires_at is None else now_wall + entry.expires_at - now_mono
+                if at is None or at > now_wall:
+                    live += _records(key, entry.kind, entry, at)
+            self._fd = rewrite(self._path, live, old_fd=self._fd)
             self._writes = 0
 
 
